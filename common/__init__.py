@@ -1,0 +1,1 @@
+"""Shared code for every yahoo-llm service: settings, topics, messages, logging, Kafka helpers."""

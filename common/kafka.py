@@ -1,0 +1,244 @@
+"""Kafka client helpers: a producer with confirmed delivery, the one consumer loop, topic creation.
+
+The consumer loop is at-least-once: an offset is committed only after everything the handler
+produced for that message was acknowledged by the broker. Messages that cannot be parsed go to the
+dead-letter topic with their raw bytes and the reason; they are never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from common import topics
+from common.messages import MessageError, PipelineMessage, utc_now
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARTITIONS = 3
+MAX_HANDLER_FAILURES = 5
+HANDLER_FAILURE_BACKOFF_S = 2.0
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge a produced message in time."""
+
+
+class RetryLater(Exception):
+    """Raised by a handler: this message is not due yet; hand it back at `due` (epoch seconds)."""
+
+    def __init__(self, due: float) -> None:
+        super().__init__(f"not due until {due}")
+        self.due = due
+
+
+class ConfirmedProducer:
+    """A producer whose `flush()` raises unless every message since the last flush was acknowledged."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "client.id": client_id,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 30000,
+            }
+        )
+        self._failures: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err}")
+
+    def send(self, topic: str, message: PipelineMessage) -> None:
+        self.send_raw(topic, message.key, message.to_bytes())
+
+    def send_raw(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: let it drain, then try again
+                self._producer.poll(0.5)
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout_s)
+        failures, self._failures = self._failures, []
+        if remaining or failures:
+            raise DeliveryError(f"{remaining} unacknowledged, failures: {failures}")
+
+
+def dead_letter_payload(msg: Message, reason: str) -> bytes:
+    raw = msg.value() or b""
+    envelope = {
+        "schema_version": 1,
+        "reason": reason,
+        "source_topic": msg.topic(),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+        "key": (msg.key() or b"").decode("utf-8", "replace"),
+        "raw_base64": base64.b64encode(raw).decode("ascii"),
+        "raw_text": raw.decode("utf-8", "replace"),
+        "failed_at": utc_now().isoformat(),
+    }
+    return json.dumps(envelope, ensure_ascii=False).encode("utf-8")
+
+
+Handler = Callable[[PipelineMessage, ConfirmedProducer], None]
+
+
+@dataclass
+class _PausedPartitions:
+    """Partitions held back until a time; resumed by the poll loop, so the session stays alive."""
+
+    due: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    def hold(self, consumer: Consumer, msg: Message, until: float) -> None:
+        tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+        consumer.pause([tp])
+        consumer.seek(tp)  # the held message is delivered again on resume
+        self.due[(msg.topic(), msg.partition())] = until
+
+    def resume_due(self, consumer: Consumer, now: float) -> None:
+        ready = [key for key, until in self.due.items() if until <= now]
+        if ready:
+            consumer.resume([TopicPartition(t, p) for t, p in ready])
+            for key in ready:
+                del self.due[key]
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self.due.pop((tp.topic, tp.partition), None)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT: the loop finishes the message in hand, flushes, commits and exits."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def install(self) -> "StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._event.set())
+        return self
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+def consumer_config(bootstrap_servers: str, group_id: str, client_id: str) -> dict:
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group_id,
+        "client.id": client_id,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "max.poll.interval.ms": 600000,
+        "session.timeout.ms": 45000,
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+
+
+def run_consumer(
+    *,
+    bootstrap_servers: str,
+    group_id: str,
+    client_id: str,
+    source_topics: list[str],
+    handler: Handler,
+    stop: StopFlag,
+    producer: ConfirmedProducer | None = None,
+) -> None:
+    """Consume `source_topics` until `stop` is set, calling `handler` for each valid message."""
+    producer = producer or ConfirmedProducer(bootstrap_servers, client_id)
+    paused = _PausedPartitions()
+    failures: dict[tuple[str, int, int], int] = {}
+    consumer = Consumer(consumer_config(bootstrap_servers, group_id, client_id))
+    consumer.subscribe(source_topics, on_revoke=lambda c, parts: paused.forget(parts), on_lost=lambda c, parts: paused.forget(parts))
+    log.info("consumer started", extra={"group": group_id, "topics": source_topics})
+    try:
+        while not stop.is_set():
+            paused.resume_due(consumer, time.time())
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", extra={"error": str(msg.error())})
+                continue
+            _handle_one(consumer, producer, msg, handler, paused, failures)
+    finally:
+        try:
+            producer.flush(10)
+        except DeliveryError:
+            log.exception("pending messages not acknowledged at shutdown; their sources stay uncommitted")
+        consumer.close()
+        log.info("consumer stopped", extra={"group": group_id})
+
+
+def _handle_one(consumer, producer, msg, handler, paused, failures) -> None:
+    where = (msg.topic(), msg.partition(), msg.offset())
+    try:
+        message = PipelineMessage.from_bytes(msg.value())
+    except MessageError as exc:
+        _dead_letter(consumer, producer, msg, f"unparseable: {exc}")
+        return
+    context = {"question_id": message.question_id, "topic": msg.topic(), "offset": msg.offset()}
+    try:
+        handler(message, producer)
+        producer.flush()
+    except RetryLater as later:
+        paused.hold(consumer, msg, later.due)
+        return
+    except Exception as exc:  # noqa: BLE001 - any failure: retry the message, then dead-letter it
+        count = failures.get(where, 0) + 1
+        failures[where] = count
+        if count >= MAX_HANDLER_FAILURES:
+            log.error("handler failed repeatedly; dead-lettering", extra=context, exc_info=True)
+            failures.pop(where, None)
+            _dead_letter(consumer, producer, msg, f"handler failed {count} times: {exc}")
+        else:
+            log.warning("handler failed; will retry", extra={**context, "failures": count, "error": str(exc)})
+            paused.hold(consumer, msg, time.time() + HANDLER_FAILURE_BACKOFF_S * count)
+        return
+    failures.pop(where, None)
+    consumer.commit(message=msg, asynchronous=False)
+
+
+def _dead_letter(consumer: Consumer, producer: ConfirmedProducer, msg: Message, reason: str) -> None:
+    log.error("sending to dead-letter", extra={"topic": msg.topic(), "offset": msg.offset(), "reason": reason})
+    producer.send_raw(topics.DEAD_LETTER, msg.key(), dead_letter_payload(msg, reason))
+    producer.flush()
+    consumer.commit(message=msg, asynchronous=False)
+
+
+def ensure_topics(bootstrap_servers: str, names: Iterable[str] = topics.ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS) -> list[str]:
+    """Create missing topics; returns the ones created. Existing topics are left as they are."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    existing = set(admin.list_topics(timeout=15).topics)
+    wanted = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
+    if not wanted:
+        return []
+    for name, future in admin.create_topics(wanted, request_timeout=15).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return [t.topic for t in wanted]
+

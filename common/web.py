@@ -1,0 +1,84 @@
+"""What the HTTP services share: JSON errors (never a stack trace), body validation, gunicorn."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flask import Flask, Request, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The request's JSON object, or an ApiError with the right status (413, 415, 400)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, "payload_too_large", f"request body over {max_bytes} bytes")
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
+    raw = request.get_data(cache=True)
+    if len(raw) > max_bytes:
+        raise ApiError(413, "payload_too_large", f"request body over {max_bytes} bytes")
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "body must be a JSON object")
+    return data
+
+
+def required_text(data: dict[str, Any], field: str, max_chars: int, *, required: bool = True) -> str:
+    value = data.get(field)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_field", f"'{field}' must be a string")
+    if required and not value.strip():
+        raise ApiError(400, "invalid_field", f"'{field}' must not be empty")
+    if len(value) > max_chars:
+        raise ApiError(413, "field_too_long", f"'{field}' is over {max_chars} characters")
+    return value
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return jsonify(error=exc.error, message=exc.message), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return jsonify(error=exc.name.lower().replace(" ", "_"), message=exc.description), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error")
+        return jsonify(error="internal_error", message="internal error; see the service log"), 500
+
+
+def serve(app_factory: Callable[[], Flask], port: int, *, threads: int = 8, timeout_s: int = 120) -> None:
+    """Run under gunicorn: one worker (the app holds models/clients and counters), several threads."""
+    from gunicorn.app.base import BaseApplication
+
+    class _App(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in {
+                "bind": f"0.0.0.0:{port}",
+                "workers": 1,
+                "threads": threads,
+                "worker_class": "gthread",
+                "timeout": timeout_s,
+                "graceful_timeout": 30,
+                "accesslog": None,
+                "errorlog": "-",
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app_factory()
+
+    _App().run()

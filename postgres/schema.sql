@@ -1,0 +1,47 @@
+-- yahoo-llm schema. Idempotent: applied on every start (native) or by the container's init (Docker).
+
+CREATE TABLE IF NOT EXISTS questions (
+    question_id      TEXT PRIMARY KEY,
+    question_text    TEXT NOT NULL,
+    original_answer  TEXT NOT NULL DEFAULT '',
+    status           TEXT NOT NULL CHECK (status IN ('pending', 'validated', 'low_quality', 'failed')),
+    final_answer     TEXT,
+    best_score       DOUBLE PRECISION,
+    final_score      DOUBLE PRECISION,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    model            TEXT,
+    error_kind       TEXT,
+    error_message    TEXT,
+    runs             INTEGER NOT NULL DEFAULT 1,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    completed_at     TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS questions_status_idx ON questions (status);
+CREATE INDEX IF NOT EXISTS questions_updated_idx ON questions (updated_at);
+
+-- Every scored answer, one row per (question, run, attempt); re-delivery updates the same row.
+CREATE TABLE IF NOT EXISTS attempts (
+    question_id  TEXT NOT NULL REFERENCES questions (question_id) ON DELETE CASCADE,
+    run          INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    llm_answer   TEXT NOT NULL,
+    precision    DOUBLE PRECISION NOT NULL,
+    recall       DOUBLE PRECISION NOT NULL,
+    f1           DOUBLE PRECISION NOT NULL,
+    scored_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (question_id, run, attempt)
+);
+
+-- Failed pipeline runs (LLM errors, exhausted retries); one row per (question, run).
+CREATE TABLE IF NOT EXISTS failures (
+    question_id  TEXT NOT NULL REFERENCES questions (question_id) ON DELETE CASCADE,
+    run          INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    retry_count  INTEGER NOT NULL,
+    kind         TEXT NOT NULL,
+    status_code  INTEGER,
+    message      TEXT NOT NULL DEFAULT '',
+    failed_at    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (question_id, run)
+);

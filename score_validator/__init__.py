@@ -1,0 +1,1 @@
+"""BERTScore over HTTP (:8000), and an optional backup consumer of llm-responses-success."""

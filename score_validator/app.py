@@ -1,0 +1,43 @@
+"""HTTP API: GET /health, POST /score (one pair), POST /score/batch (many pairs, one model call)."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+
+from common.web import ApiError, install_error_handlers, json_body, required_text
+from score_validator.config import ScoreValidatorSettings
+from score_validator.scorer import Pair, Scorer
+
+
+def create_app(settings: ScoreValidatorSettings, scorer: Scorer) -> Flask:
+    app = Flask("score_validator")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    install_error_handlers(app)
+
+    def parse_pair(item) -> Pair:
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_field", "each pair must be an object with 'candidate' and 'reference'")
+        return Pair(required_text(item, "candidate", settings.max_text_chars, required=False),
+                    required_text(item, "reference", settings.max_text_chars, required=False))
+
+    @app.get("/health")
+    def health():
+        return jsonify(status="healthy", service="score-validator", model=scorer.label)
+
+    @app.post("/score")
+    def score_one():
+        pair = parse_pair(json_body(request, settings.max_body_bytes))
+        [result] = scorer.score([pair])
+        return jsonify(result.model_dump())
+
+    @app.post("/score/batch")
+    def score_batch():
+        items = json_body(request, settings.max_body_bytes).get("pairs")
+        if not isinstance(items, list):
+            raise ApiError(400, "invalid_field", "'pairs' must be a list")
+        if len(items) > settings.max_batch_pairs:
+            raise ApiError(413, "too_many_pairs", f"at most {settings.max_batch_pairs} pairs per request")
+        results = scorer.score([parse_pair(item) for item in items])
+        return jsonify(scores=[r.model_dump() for r in results])
+
+    return app

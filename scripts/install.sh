@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs everything the native stack and the tests need, from the registries only:
+# Debian packages (PostgreSQL, Redis), a Python venv (constraints.txt), Kafka jars and the Flink
+# Kafka connector (Maven Central), and the job's small Java serializer (compiled with javac).
+# Idempotent: each step is skipped when its inputs did not change. Downloads are cached in
+# $YAHOO_LLM_CACHE_DIR (default ~/.cache/yahoo-llm) so a fresh clone reinstalls from disk.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${YAHOO_LLM_STATE_DIR:-$ROOT/.state}"
+CACHE="${YAHOO_LLM_CACHE_DIR:-$HOME/.cache/yahoo-llm}"
+VENV="$STATE/venv"
+set -a; source "$ROOT/.env"; set +a
+
+say() { printf '[install] %s\n' "$*"; }
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else say "need root to run: $*"; exit 1
+  fi
+}
+
+install_system_packages() {
+  local missing=()
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  [ ${#missing[@]} -eq 0 ] && return
+  say "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+find_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3; do
+    [ -n "$candidate" ] && command -v "$candidate" >/dev/null || continue
+    if "$candidate" -c 'import sys; sys.exit(0 if (3, 9) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+      echo "$candidate"; return
+    fi
+  done
+  say "need Python 3.9-3.12 (PyFlink ${FLINK_VERSION} supports no other); set PYTHON=/path/to/python"; exit 1
+}
+
+install_venv() {
+  local want
+  want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
+  stamp_ok "$VENV/.installed" "$want" && return
+  say "installing Python packages into $VENV (first time: several minutes; torch is large)"
+  [ -x "$VENV/bin/python" ] || "$(find_python)" -m venv "$VENV"
+  export PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1
+  "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+  "$VENV/bin/pip" install -q --no-deps -r "$ROOT/requirements-nodeps.txt" -c "$ROOT/constraints.txt"
+  echo "$want" > "$VENV/.installed"
+}
+
+pyflink_home() { "$VENV/bin/python" -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))'; }
+
+install_kafka_jars() {
+  local dest="$STATE/jars/kafka-$KAFKA_VERSION"
+  stamp_ok "$dest/.installed" "$KAFKA_VERSION-$LOG4J_VERSION" && return
+  say "fetching Apache Kafka $KAFKA_VERSION jars from Maven Central"
+  rm -rf "$dest"
+  mvn -q -B -f "$ROOT/scripts/platform/pom.xml" dependency:copy-dependencies \
+    -Dkafka.version="$KAFKA_VERSION" -Dlog4j.version="$LOG4J_VERSION" \
+    -Dmaven.repo.local="$CACHE/m2" -DoutputDirectory="$dest"
+  echo "$KAFKA_VERSION-$LOG4J_VERSION" > "$dest/.installed"
+}
+
+install_flink_jars() {
+  local lib connector artifact="org.apache.flink:flink-sql-connector-kafka:$FLINK_KAFKA_CONNECTOR_VERSION"
+  lib="$(pyflink_home)/lib"
+  connector="flink-sql-connector-kafka-$FLINK_KAFKA_CONNECTOR_VERSION.jar"
+  if [ ! -f "$lib/$connector" ]; then
+    say "fetching the Flink Kafka connector $FLINK_KAFKA_CONNECTOR_VERSION from Maven Central"
+    mvn -q -B dependency:copy -Dartifact="$artifact" -Dmaven.repo.local="$CACHE/m2" -DoutputDirectory="$STATE/jars"
+    rm -f "$lib"/flink-sql-connector-kafka-*.jar
+    cp "$STATE/jars/$connector" "$lib/"
+  fi
+  # The job's key/value serializer: compiled against the cluster's own flink-dist jar.
+  local src="$ROOT/flink_job/java/src/main/java/yahoollm/flink/RowFieldSerializationSchema.java"
+  local want; want="$(sha256sum "$src" | cut -c1-16)"
+  if ! stamp_ok "$STATE/jars/yahoo-llm-flink.stamp" "$want" || [ ! -f "$lib/yahoo-llm-flink.jar" ]; then
+    say "compiling the Flink job's serializer"
+    local build="$STATE/jars/yahoo-llm-flink-classes"
+    rm -rf "$build"; mkdir -p "$build"
+    javac -nowarn --release 11 -cp "$lib/*" -d "$build" "$src"
+    jar cf "$lib/yahoo-llm-flink.jar" -C "$build" .
+    echo "$want" > "$STATE/jars/yahoo-llm-flink.stamp"
+  fi
+}
+
+mkdir -p "$STATE" "$CACHE"
+install_system_packages
+install_venv
+install_kafka_jars
+install_flink_jars
+say "ready ($VENV)"

@@ -1,0 +1,589 @@
+"""The native stack: the twin of docker-compose.yml, run as local processes under supervisord.
+
+    python scripts/stack.py up [--platform-only]   start (or complete) the stack, wait until healthy
+    python scripts/stack.py down                   stop everything `up` started; data stays
+    python scripts/stack.py status                 what runs, and where
+
+Every process inherits the caller's environment, so the variables of DESIGN.md configure both
+modes alike. State (data, logs, generated configs) lives in $YAHOO_LLM_STATE_DIR/<stack name>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
+VENV = STATE / "venv"
+PYTHON = VENV / "bin" / "python"
+FLINK_JOB_NAME = "Flink Score Validator Job"
+
+
+def log(message: str) -> None:
+    print(f"[stack] {message}", flush=True)
+
+
+def read_versions() -> dict[str, str]:
+    versions = {}
+    for line in (ROOT / ".env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            versions[key.strip()] = value.strip()
+    return versions
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one stack keeps its state, and the ports it listens on (from the environment)."""
+
+    name: str
+    env: dict
+
+    @property
+    def home(self) -> Path:
+        return STATE / self.name
+
+    def path(self, *parts: str) -> Path:
+        return self.home.joinpath(*parts)
+
+    def _url(self, var: str, default: str):
+        return urlparse(self.env.get(var) or default)
+
+    @property
+    def kafka_port(self) -> int:
+        first = self.env.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092").split(",")[0]
+        return int(first.rsplit(":", 1)[1])
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"localhost:{self.kafka_port}"
+
+    @property
+    def database_url(self) -> str:
+        return self.env.get("DATABASE_URL") or "postgresql://yahoo:yahoo@localhost:5432/yahoo_llm"
+
+    @property
+    def redis_url(self) -> str:
+        return self.env.get("REDIS_URL") or "redis://localhost:6379/0"
+
+    @property
+    def flink_rest_port(self) -> int:
+        return int(self.env.get("FLINK_REST_PORT", "8081"))
+
+    @property
+    def storage_port(self) -> int:
+        return int(self.env.get("STORAGE_PORT", "5001"))
+
+    @property
+    def scorer_port(self) -> int:
+        return int(self.env.get("SCORE_VALIDATOR_PORT", "8000"))
+
+    @property
+    def ollama_url(self) -> str:
+        return (self.env.get("OLLAMA_URL") or "http://localhost:11434").rstrip("/")
+
+    def ports(self) -> dict[str, int]:
+        db = urlparse(self.database_url)
+        return {
+            "kafka": self.kafka_port,
+            "kafka-controller": self.kafka_port + 1,
+            "postgres": db.port or 5432,
+            "redis": urlparse(self.redis_url).port or 6379,
+            "flink-rest": self.flink_rest_port,
+            "storage-service": self.storage_port,
+            "score-validator": self.scorer_port,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Small waiting helpers: poll with a deadline, never a bare sleep.
+
+def wait_for(what: str, check, timeout_s: float, interval_s: float = 0.5, layout: Layout | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_error = "not ready"
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(interval_s)
+    hint = f"; logs: {layout.path('logs')}" if layout else ""
+    raise SystemExit(f"[stack] {what} not ready after {timeout_s:.0f}s ({last_error}){hint}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def http_json(url: str, timeout_s: float = 3.0):
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration files generated into the stack's folder.
+
+def pyflink_home() -> Path:
+    out = subprocess.run([str(PYTHON), "-c", "import os, pyflink; print(os.path.dirname(pyflink.__file__))"],
+                         check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if not found:
+        raise SystemExit("[stack] PostgreSQL is not installed; run scripts/install.sh")
+    return Path(found[-1]).parent
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def make_reachable_for(user: str, path: Path) -> None:
+    """PostgreSQL refuses to run as root, so its data folder must be reachable by `user`."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            log(f"allowing {user} to traverse {parent} (PostgreSQL runs as {user})")
+            parent.chmod(mode | 0o001)
+
+
+def write_kafka_config(layout: Layout) -> Path:
+    conf = layout.path("kafka", "server.properties")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    port = layout.kafka_port
+    conf.write_text("\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@localhost:{port + 1}",
+        f"listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{port + 1}",
+        f"advertised.listeners=PLAINTEXT://localhost:{port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        f"log.dirs={layout.path('kafka', 'data')}",
+        "auto.create.topics.enable=false",
+        "num.partitions=3",
+        "offsets.topic.replication.factor=1",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.retention.hours=168",
+        "",
+    ]))
+    return conf
+
+
+def format_kafka_storage(layout: Layout, classpath: str, conf: Path) -> None:
+    if (layout.path("kafka", "data", "meta.properties")).exists():
+        return
+    log("formatting Kafka storage (first start)")
+    cluster_id = subprocess.run(["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
+                                check=True, capture_output=True, text=True).stdout.split()[-1]
+    subprocess.run(["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                    "-c", str(conf)], check=True, capture_output=True, text=True)
+
+
+def init_postgres_cluster(layout: Layout) -> None:
+    data = layout.path("postgres", "data")
+    if (data / "PG_VERSION").exists():
+        return
+    log("initialising the PostgreSQL cluster (first start)")
+    data.mkdir(parents=True, exist_ok=True)
+    cmd = [str(postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+           "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]
+    if running_as_root():
+        make_reachable_for("postgres", data)
+        shutil.chown(layout.path("postgres"), "postgres", "postgres")
+        shutil.chown(data, "postgres", "postgres")
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def write_flink_config(layout: Layout) -> Path:
+    import yaml  # from the venv (PyYAML is a dependency of the platform tools)
+
+    conf_dir = layout.path("flink", "conf")
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    base = yaml.safe_load((pyflink_home() / "conf" / "config.yaml").read_text())
+    java_opts = base["env"]["java"]["opts"]["all"]  # the --add-opens block Java 17 needs
+    flink = layout.path("flink")
+    config = {
+        "env.java.opts.all": java_opts,
+        "env.pid.dir": str(flink / "run"),
+        "env.log.dir": str(layout.path("logs")),
+        "jobmanager.bind-host": "localhost",
+        "jobmanager.rpc.address": "localhost",
+        "jobmanager.rpc.port": 6123,
+        "jobmanager.memory.process.size": "1024m",
+        "jobmanager.execution.failover-strategy": "region",
+        "taskmanager.bind-host": "localhost",
+        "taskmanager.host": "localhost",
+        "taskmanager.numberOfTaskSlots": 2,
+        "taskmanager.memory.process.size": "2048m",
+        # Python workers allocate direct buffers; without this they die with "Direct buffer memory".
+        "taskmanager.memory.task.off-heap.size": "256m",
+        "parallelism.default": 1,
+        "rest.address": "localhost",
+        "rest.bind-address": "0.0.0.0",
+        "rest.port": layout.flink_rest_port,
+        "python.executable": str(PYTHON),
+        "python.client.executable": str(PYTHON),
+        "io.tmp.dirs": str(flink / "tmp"),
+        "web.tmpdir": str(flink / "web"),
+        "web.upload.dir": str(flink / "web"),
+        "blob.storage.directory": str(flink / "blob"),
+        "execution.checkpointing.dir": f"file://{flink / 'checkpoints'}",
+        "restart-strategy.type": "exponential-delay",
+        "restart-strategy.exponential-delay.initial-backoff": "2 s",
+        "restart-strategy.exponential-delay.max-backoff": "60 s",
+        "restart-strategy.exponential-delay.attempts-before-reset-backoff": 1000000,
+    }
+    for sub in ("run", "tmp", "web", "blob", "checkpoints"):
+        (flink / sub).mkdir(parents=True, exist_ok=True)
+    (conf_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    (conf_dir / "log4j-console.properties").write_text("\n".join([
+        "rootLogger.level = INFO",
+        "rootLogger.appenderRef.console.ref = ConsoleAppender",
+        "appender.console.name = ConsoleAppender",
+        "appender.console.type = CONSOLE",
+        "appender.console.layout.type = PatternLayout",
+        "appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n",
+        "logger.kafka.name = org.apache.kafka",
+        "logger.kafka.level = WARN",
+        "",
+    ]))
+    shutil.copy(pyflink_home() / "conf" / "log4j-cli.properties", conf_dir / "log4j-cli.properties")
+    return conf_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# supervisord: one program per process, in two groups started in order.
+
+def program(name: str, command: str, layout: Layout, *, environment: dict | None = None, user: str | None = None,
+            numprocs: int = 1, stopsignal: str = "TERM", stopwaitsecs: int = 30, directory: Path = ROOT) -> str:
+    lines = [
+        f"[program:{name}]",
+        f"command={command}",
+        f"directory={directory}",
+        "autostart=false",
+        "autorestart=true",
+        "startsecs=3",
+        "startretries=5",
+        f"stopsignal={stopsignal}",
+        f"stopwaitsecs={stopwaitsecs}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=2",
+    ]
+    if numprocs > 1:
+        lines += [f"numprocs={numprocs}", "process_name=%(program_name)s-%(process_num)d",
+                  f"stdout_logfile={layout.path('logs')}/%(program_name)s-%(process_num)d.log"]
+    else:
+        lines.append(f"stdout_logfile={layout.path('logs', name + '.log')}")
+    if user:
+        lines.append(f"user={user}")
+    if environment:
+        pairs = ",".join(f'{k}="{v}"' for k, v in environment.items())
+        lines.append(f"environment={pairs}")
+    return "\n".join(lines) + "\n"
+
+
+PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager"]
+SERVICES = ["score-validator", "storage-service", "storage-consumer", "llm-consumer",
+            "retry-overload-consumer", "retry-quota-consumer"]
+EMBEDDED_LLM = "local-llm"
+
+
+def write_supervisor_config(layout: Layout) -> Path:
+    versions = read_versions()
+    kafka_jars = STATE / "jars" / f"kafka-{versions['KAFKA_VERSION']}"
+    kafka_conf = write_kafka_config(layout)
+    classpath = f"{kafka_jars}/*"
+    format_kafka_storage(layout, classpath, kafka_conf)
+    init_postgres_cluster(layout)
+    flink_conf = write_flink_config(layout)
+    flink_bin = pyflink_home() / "bin"
+    db = urlparse(layout.database_url)
+    redis_port = urlparse(layout.redis_url).port or 6379
+    pg_socket_dir = layout.path("postgres", "run")
+    pg_socket_dir.mkdir(parents=True, exist_ok=True)
+    if running_as_root():
+        shutil.chown(pg_socket_dir, "postgres", "postgres")
+    layout.path("redis").mkdir(parents=True, exist_ok=True)
+    flink_env = {"FLINK_CONF_DIR": flink_conf, "FLINK_LOG_DIR": layout.path("logs"),
+                 "FLINK_PID_DIR": layout.path("flink", "run"), "MAX_LOG_FILE_NUMBER": 2}
+    service_env = {"PYTHONPATH": ROOT, "PYTHONUNBUFFERED": 1, "HF_HUB_OFFLINE": 1,
+                   "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "DATABASE_URL": layout.database_url,
+                   "REDIS_URL": layout.redis_url, "OLLAMA_URL": layout.ollama_url,
+                   "YAHOO_LLM_STATE_DIR": STATE}
+    py = str(PYTHON)
+    sections = [
+        "[unix_http_server]", f"file={layout.path('run', 'supervisor.sock')}", "",
+        "[supervisord]", f"logfile={layout.path('logs', 'supervisord.log')}",
+        f"pidfile={layout.path('run', 'supervisord.pid')}", f"childlogdir={layout.path('logs')}",
+        "logfile_maxbytes=10MB", "logfile_backups=2", "user=root" if running_as_root() else "", "",
+        "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
+        "[supervisorctl]", f"serverurl=unix://{layout.path('run', 'supervisor.sock')}", "",
+        program("kafka", f"java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile={ROOT}/scripts/platform/kafka-log4j2.yaml "
+                f"-cp '{classpath}' kafka.Kafka {kafka_conf}", layout, stopwaitsecs=60),
+        program("postgres", f"{postgres_bin() / 'postgres'} -D {layout.path('postgres', 'data')} -p {db.port or 5432} "
+                f"-c listen_addresses=localhost -c unix_socket_directories={pg_socket_dir} -c max_connections=100",
+                layout, user="postgres" if running_as_root() else None, stopsignal="INT", stopwaitsecs=60),
+        program("redis", f"redis-server {ROOT}/redis/redis.conf --port {redis_port} --bind 127.0.0.1 "
+                f"--dir {layout.path('redis')}", layout),
+        program("flink-jobmanager", f"{flink_bin}/jobmanager.sh start-foreground", layout, environment=flink_env, stopwaitsecs=60),
+        program("flink-taskmanager", f"{flink_bin}/taskmanager.sh start-foreground", layout, environment=flink_env, stopwaitsecs=60),
+        program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),
+        program("storage-service", f"{py} -m storage_service serve", layout, environment=service_env),
+        program("storage-consumer", f"{py} -m storage_service consume", layout, environment=service_env),
+        program("llm-consumer", f"{py} -m llm_consumer", layout, environment=service_env, numprocs=2),
+        program("retry-overload-consumer", f"{py} -m retry_consumers overload", layout, environment=service_env),
+        program("retry-quota-consumer", f"{py} -m retry_consumers quota", layout, environment=service_env),
+        program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
+    ]
+    conf = layout.path("supervisord.conf")
+    conf.write_text("\n".join(sections))
+    return conf
+
+
+def supervisorctl(layout: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV / "bin" / "supervisorctl"), "-c", str(layout.path("supervisord.conf")), *args],
+                          capture_output=True, text=True, check=check)
+
+
+def supervisord_pid(layout: Layout) -> int | None:
+    pidfile = layout.path("run", "supervisord.pid")
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def start_programs(layout: Layout, names: list[str]) -> None:
+    status = supervisorctl(layout, "status", check=False).stdout
+    for name in names:
+        target = f"{name}:*" if name == "llm-consumer" else name
+        line = next((ln for ln in status.splitlines() if ln.split(" ")[0].split(":")[0] == name), "")
+        if "RUNNING" in line and name != "llm-consumer":
+            continue
+        supervisorctl(layout, "start", target, check=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Health checks and one-shot init steps.
+
+def kafka_ready(layout: Layout) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    AdminClient({"bootstrap.servers": layout.kafka_bootstrap}).list_topics(timeout=3)
+    return True
+
+
+def postgres_ready(layout: Layout) -> bool:
+    import psycopg
+
+    port = urlparse(layout.database_url).port or 5432
+    with psycopg.connect(host=str(layout.path("postgres", "run")), port=port, user="postgres", dbname="postgres",
+                         connect_timeout=3):
+        return True
+
+
+def redis_ready(layout: Layout) -> bool:
+    import redis
+
+    return bool(redis.Redis.from_url(layout.redis_url, socket_timeout=2).ping())
+
+
+def flink_ready(layout: Layout) -> bool:
+    return http_json(f"http://localhost:{layout.flink_rest_port}/overview")["taskmanagers"] >= 1
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        return resp.status == 200
+
+
+def init_database(layout: Layout) -> None:
+    """Create the role and database named in DATABASE_URL, then apply postgres/schema.sql."""
+    import psycopg
+    from psycopg import sql
+
+    url = urlparse(layout.database_url)
+    user, password, dbname = url.username or "yahoo", url.password or "yahoo", url.path.lstrip("/") or "yahoo_llm"
+    admin = dict(host=str(layout.path("postgres", "run")), port=url.port or 5432, user="postgres", autocommit=True)
+    with psycopg.connect(dbname="postgres", **admin) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user)))
+    with psycopg.connect(layout.database_url, autocommit=True) as conn:
+        conn.execute((ROOT / "postgres" / "schema.sql").read_text())
+
+
+def init_topics(layout: Layout) -> None:
+    from common.kafka import ensure_topics
+
+    created = ensure_topics(layout.kafka_bootstrap)
+    log(f"topics: created {', '.join(created)}" if created else "topics: all present")
+
+
+def flink_job_running(layout: Layout) -> bool:
+    jobs = http_json(f"http://localhost:{layout.flink_rest_port}/jobs/overview")["jobs"]
+    return any(j["name"] == FLINK_JOB_NAME and j["state"] in {"RUNNING", "CREATED", "RESTARTING", "INITIALIZING"}
+               for j in jobs)
+
+
+def flink_job_deps(layout: Layout) -> Path:
+    """The job's Python code (common/ and flink_job/) as one zip that Flink puts on the workers' path."""
+    bundle = layout.path("flink", "job-deps.zip")
+    with zipfile.ZipFile(bundle, "w") as zf:
+        for package in ("common", "flink_job"):
+            for file in sorted((ROOT / package).rglob("*.py")):
+                zf.write(file, file.relative_to(ROOT))
+    return bundle
+
+
+def deploy_flink_job(layout: Layout) -> None:
+    if flink_job_running(layout):
+        log(f"Flink job '{FLINK_JOB_NAME}' already running")
+        return
+    log(f"submitting Flink job '{FLINK_JOB_NAME}'")
+    env = {**os.environ, "FLINK_CONF_DIR": str(layout.path("flink", "conf")), "PYTHONPATH": str(ROOT),
+           "TMPDIR": str(layout.path("flink", "tmp")), "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
+           "FLINK_LOG_DIR": str(layout.path("logs"))}
+    cmd = [str(pyflink_home() / "bin" / "flink"), "run", "-d", "-py", str(ROOT / "flink_job" / "job.py"),
+           "-pyfs", str(flink_job_deps(layout))]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    (layout.path("logs", "flink-submit.log")).write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise SystemExit(f"[stack] Flink job submission failed; see {layout.path('logs', 'flink-submit.log')}")
+    wait_for("Flink job", lambda: flink_job_running(layout), 120, layout=layout)
+
+
+def ollama_answers(url: str) -> bool:
+    try:
+        return http_ok(f"{url}/api/version")
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands.
+
+def ensure_ports_free(layout: Layout) -> None:
+    busy = [f"{name} :{port}" for name, port in layout.ports().items() if port_open(port)]
+    if busy:
+        raise SystemExit(f"[stack] ports already in use by something else: {', '.join(busy)}. "
+                         "Stop it (another stack? `make down`) or change the ports (README, Configuration).")
+
+
+def up(layout: Layout, platform_only: bool) -> None:
+    for sub in ("logs", "run"):
+        layout.path(sub).mkdir(parents=True, exist_ok=True)
+    if supervisord_pid(layout) is None:
+        ensure_ports_free(layout)
+        conf = write_supervisor_config(layout)
+        log(f"starting supervisord ({conf})")
+        subprocess.run([str(VENV / "bin" / "supervisord"), "-c", str(conf)], check=True, env=os.environ)
+        wait_for("supervisord", lambda: supervisorctl(layout, "status", check=False).returncode in (0, 3), 20, layout=layout)
+    start_programs(layout, PLATFORM)
+    wait_for("Kafka", lambda: kafka_ready(layout), 120, layout=layout)
+    wait_for("PostgreSQL", lambda: postgres_ready(layout), 60, layout=layout)
+    wait_for("Redis", lambda: redis_ready(layout), 30, layout=layout)
+    init_topics(layout)
+    init_database(layout)
+    wait_for("Flink cluster", lambda: flink_ready(layout), 120, layout=layout)
+    if platform_only:
+        print_summary(layout, platform_only=True)
+        return
+    if ollama_answers(layout.ollama_url):
+        log(f"LLM: using the Ollama API at {layout.ollama_url}")
+    else:
+        log(f"LLM: nothing answers at {layout.ollama_url}; starting the embedded demo model (SmolLM2-135M) there")
+        start_programs(layout, [EMBEDDED_LLM])
+        wait_for("embedded LLM", lambda: ollama_answers(layout.ollama_url), 240, interval_s=1, layout=layout)
+    start_programs(layout, SERVICES)
+    wait_for("score_validator", lambda: http_ok(f"http://localhost:{layout.scorer_port}/health"), 240, interval_s=1, layout=layout)
+    wait_for("storage_service", lambda: http_ok(f"http://localhost:{layout.storage_port}/health"), 60, layout=layout)
+    deploy_flink_job(layout)
+    print_summary(layout, platform_only=False)
+
+
+def print_summary(layout: Layout, platform_only: bool) -> None:
+    lines = [
+        f"Kafka            {layout.kafka_bootstrap}",
+        f"PostgreSQL       {layout.database_url}",
+        f"Redis            {layout.redis_url}",
+        f"Flink dashboard  http://localhost:{layout.flink_rest_port}",
+    ]
+    if not platform_only:
+        lines += [
+            f"storage_service  http://localhost:{layout.storage_port}  (POST /query, GET /status/<id>, /metrics, /health)",
+            f"score_validator  http://localhost:{layout.scorer_port}  (GET /health, POST /score, POST /score/batch)",
+            f"LLM (Ollama API) {layout.ollama_url}",
+        ]
+    lines.append(f"logs             {layout.path('logs')}")
+    log("up and healthy:\n  " + "\n  ".join(lines))
+
+
+def down(layout: Layout) -> None:
+    pid = supervisord_pid(layout)
+    if pid is None:
+        log("not running")
+        return
+    log("stopping every process (Flink, services, Kafka, PostgreSQL, Redis)")
+    supervisorctl(layout, "stop", "all", check=False)
+    supervisorctl(layout, "shutdown", check=False)
+    wait_for("supervisord to exit", lambda: supervisord_pid(layout) is None, 120)
+    leftovers = [f"{name} :{port}" for name, port in layout.ports().items() if port_open(port)]
+    if leftovers:
+        raise SystemExit(f"[stack] still listening after shutdown: {', '.join(leftovers)}")
+    log("stopped; data kept in " + str(layout.home))
+
+
+def status(layout: Layout) -> None:
+    if supervisord_pid(layout) is None:
+        log("not running")
+        return
+    print(supervisorctl(layout, "status", check=False).stdout, end="")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--name", default=os.environ.get("YAHOO_LLM_STACK", "stack"),
+                        help="stack name: its state folder under the state dir (tests use 'test-stack')")
+    parser.add_argument("--platform-only", action="store_true", help="Kafka, PostgreSQL, Redis and Flink only")
+    args = parser.parse_args(argv)
+    layout = Layout(args.name, dict(os.environ))
+    {"up": lambda: up(layout, args.platform_only), "down": lambda: down(layout), "status": lambda: status(layout)}[args.command]()
+
+
+if __name__ == "__main__":
+    main()
