@@ -73,6 +73,27 @@ class ConfirmedProducer:
                 self._producer.poll(0.5)
         self._producer.poll(0)
 
+    def send_and_wait(self, topic: str, message: PipelineMessage, timeout_s: float) -> None:
+        """Produce one message and wait for its own acknowledgement (safe from many threads)."""
+        done = threading.Event()
+        outcome: dict[str, KafkaError | None] = {}
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            outcome["error"] = err
+            done.set()
+
+        try:
+            self._producer.produce(topic, key=message.key, value=message.to_bytes(), on_delivery=on_delivery)
+        except (BufferError, KafkaException) as exc:
+            raise DeliveryError(f"could not enqueue: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while not done.is_set() and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        if not done.is_set():
+            raise DeliveryError(f"no acknowledgement within {timeout_s}s")
+        if outcome["error"] is not None:
+            raise DeliveryError(str(outcome["error"]))
+
     def flush(self, timeout_s: float = 30.0) -> None:
         remaining = self._producer.flush(timeout_s)
         failures, self._failures = self._failures, []
@@ -96,7 +117,8 @@ def dead_letter_payload(msg: Message, reason: str) -> bytes:
     return json.dumps(envelope, ensure_ascii=False).encode("utf-8")
 
 
-Handler = Callable[[PipelineMessage, ConfirmedProducer], None]
+# handler(message, producer, source_topic): produce what follows; raise RetryLater to wait.
+Handler = Callable[[PipelineMessage, ConfirmedProducer, str], None]
 
 
 @dataclass
@@ -200,7 +222,7 @@ def _handle_one(consumer, producer, msg, handler, paused, failures) -> None:
         return
     context = {"question_id": message.question_id, "topic": msg.topic(), "offset": msg.offset()}
     try:
-        handler(message, producer)
+        handler(message, producer, msg.topic())
         producer.flush()
     except RetryLater as later:
         paused.hold(consumer, msg, later.due)

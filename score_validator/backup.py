@@ -25,7 +25,7 @@ def run_backup_consumer(settings: ScoreValidatorSettings) -> None:
         return
     scorer = Scorer(settings)
 
-    def handle(message: PipelineMessage, producer: ConfirmedProducer) -> None:
+    def handle(message: PipelineMessage, producer: ConfirmedProducer, _topic: str) -> None:
         [score] = scorer.score([Pair(message.llm_answer or "", message.original_answer)])
         topic, out = after_scoring(message, score, settings.quality_threshold, settings.max_attempts)
         log.info("scored", extra={"question_id": message.question_id, "f1": score.f1, "routed_to": topic})

@@ -1,0 +1,1 @@
+"""questions-pending -> LLM (Ollama API) -> llm-responses-success, or an error topic by failure kind."""

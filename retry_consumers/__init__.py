@@ -1,0 +1,1 @@
+"""Retry strategies: errors-overload (exponential backoff) and errors-quota (fixed delay)."""

@@ -1,0 +1,150 @@
+"""HTTP API: POST /query, GET /status/<question_id>, GET /metrics, GET /health."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+import psycopg
+from confluent_kafka.admin import AdminClient
+from flask import Flask, jsonify, request
+from psycopg_pool import PoolTimeout
+
+from common import topics
+from common.kafka import ConfirmedProducer, DeliveryError
+from common.messages import PipelineMessage, question_id_for
+from common.web import ApiError, install_error_handlers, json_body, required_text
+from storage_service.cache import AnswerCache, validated_result
+from storage_service.config import StorageSettings
+from storage_service.repository import Repository
+
+log = logging.getLogger(__name__)
+DB_ERRORS = (psycopg.Error, PoolTimeout)
+
+
+class Counters:
+    """Request counters of this process (gunicorn runs one worker, so they are the service's)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, producer: ConfirmedProducer) -> Flask:
+    app = Flask("storage_service")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    install_error_handlers(app)
+    counters = Counters()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+
+    def database_unavailable(exc: Exception) -> ApiError:
+        counters.add("db_errors")
+        log.error("database unavailable", extra={"error": str(exc)})
+        return ApiError(503, "database_unavailable", "the database is not reachable; try again later")
+
+    @app.post("/query")
+    def query():
+        data = json_body(request, settings.max_body_bytes)
+        question_text = required_text(data, "question_text", settings.max_question_chars)
+        original_answer = required_text(data, "original_answer", settings.max_answer_chars, required=False)
+        question_id = question_id_for(question_text)
+        counters.add("queries")
+
+        cached = cache.get(question_id)
+        if cached is not None:
+            counters.add("cache_hits")
+            log.info("answered from cache", extra={"question_id": question_id})
+            return jsonify(status="found", source="cache", question_id=question_id, result=cached), 200
+        counters.add("cache_misses")
+
+        message = PipelineMessage.new(question_text, original_answer)
+        try:
+            with repo.claim(message) as claim:
+                if claim.is_new_run:
+                    try:
+                        producer.send_and_wait(topics.QUESTIONS_PENDING, message.evolve(run=claim.run),
+                                               settings.kafka_produce_timeout_s)
+                    except DeliveryError as exc:  # the claim rolls back: nothing half-written
+                        counters.add("kafka_errors")
+                        log.error("could not publish question", extra={"question_id": question_id, "error": str(exc)})
+                        raise ApiError(503, "queue_unavailable", "the message queue is not reachable; try again later")
+            row = repo.question(question_id) if claim.status == "validated" else None
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc)
+
+        if row is not None:
+            result = validated_result(row)
+            cache.put(question_id, result)
+            log.info("answered from database", extra={"question_id": question_id})
+            return jsonify(status="found", source="database", question_id=question_id, result=result), 200
+        if claim.is_new_run:
+            counters.add("questions_published")
+            log.info("question published", extra={"question_id": question_id, "run": claim.run})
+        return jsonify(status="pending", question_id=question_id), 202
+
+    @app.get("/status/<question_id>")
+    def status(question_id: str):
+        if len(question_id) > 128:
+            raise ApiError(400, "invalid_question_id", "question_id is too long")
+        try:
+            row = repo.question(question_id)
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc)
+        if row is None:
+            raise ApiError(404, "not_found", f"no question with id {question_id}")
+        return jsonify(
+            question_id=row["question_id"], status=row["status"], question_text=row["question_text"],
+            answer=row["final_answer"], score=row["final_score"], best_score=row["best_score"],
+            attempts=row["attempts"], runs=row["runs"], model=row["model"],
+            error={"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None,
+            score_history=row["score_history"], failures=row["failures"],
+            created_at=row["created_at"], updated_at=row["updated_at"], completed_at=row["completed_at"],
+        )
+
+    @app.get("/metrics")
+    def metrics():
+        counts = counters.snapshot()
+        body = {
+            "cache_hits": counts.get("cache_hits", 0),
+            "cache_misses": counts.get("cache_misses", 0),
+            "db_errors": counts.get("db_errors", 0),
+            "kafka_errors": counts.get("kafka_errors", 0),
+            "queries": counts.get("queries", 0),
+            "questions_published": counts.get("questions_published", 0),
+        }
+        lookups = body["cache_hits"] + body["cache_misses"]
+        body["cache_hit_rate"] = body["cache_hits"] / lookups if lookups else None
+        try:
+            body.update(repo.metrics())
+        except DB_ERRORS as exc:
+            raise database_unavailable(exc)
+        return jsonify(body)
+
+    @app.get("/health")
+    def health():
+        checks = {}
+        try:
+            repo.ping()
+            checks["postgres"] = "ok"
+        except DB_ERRORS as exc:
+            checks["postgres"] = f"down: {exc}"
+        try:
+            admin.list_topics(topic=topics.QUESTIONS_PENDING, timeout=2)
+            checks["kafka"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not reachable
+            checks["kafka"] = f"down: {exc}"
+        checks["redis"] = "ok" if cache.ping() else "down (cache misses only)"
+        healthy = checks["postgres"] == "ok" and checks["kafka"] == "ok"
+        state = ("healthy" if checks["redis"] == "ok" else "degraded") if healthy else "unhealthy"
+        return jsonify(status=state, service="storage-service", checks=checks), 200 if healthy else 503
+
+    return app

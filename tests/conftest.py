@@ -1,0 +1,111 @@
+"""Session fixtures: the fake LLM, and the real stack (Kafka, PostgreSQL, Redis, Flink, services).
+
+The stack runs as `test-stack` (its own state folder) on the standard ports, configured with short
+retry delays. It is stopped at the end unless YAHOO_LLM_KEEP_TEST_STACK=1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_LLM_PORT = int(os.environ.get("FAKE_LLM_PORT", "11435"))
+
+TEST_ENV = {
+    "YAHOO_LLM_STACK": "test-stack",
+    "OLLAMA_URL": f"http://127.0.0.1:{FAKE_LLM_PORT}",
+    "LLM_MODEL": "fake",
+    "LLM_TIMEOUT_S": "3",
+    "RETRY_OVERLOAD_BASE_DELAY_S": "1",
+    "RETRY_OVERLOAD_MAX_RETRIES": "3",
+    "RETRY_QUOTA_DELAY_S": "3",
+    "RETRY_QUOTA_MAX_RETRIES": "2",
+    "QUALITY_THRESHOLD": "0.75",
+    "MAX_ATTEMPTS": "3",
+    "SCORER_MAX_WAIT_S": "60",
+}
+
+
+@dataclass(frozen=True)
+class Stack:
+    storage_url: str
+    scorer_url: str
+    flink_url: str
+    kafka_bootstrap: str
+    database_url: str
+    redis_url: str
+    env: dict
+
+
+def wait_until(check, timeout_s: float, interval_s: float = 0.25, what: str = "condition"):
+    """Poll `check` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def unique(text: str) -> str:
+    """A question nobody asked before, with a marker the fake LLM can match."""
+    return f"{text} [{uuid.uuid4().hex[:10]}]"
+
+
+@pytest.fixture(scope="session")
+def fake_llm():
+    from tests.fake_ollama import start_fake_ollama
+
+    fake, server = start_fake_ollama(FAKE_LLM_PORT)
+    yield fake
+    server.shutdown()
+
+
+def _stack_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "scripts" / "stack.py"), "--name", "test-stack", *args]
+
+
+@pytest.fixture(scope="session")
+def stack(fake_llm) -> Stack:
+    env = {**os.environ, **TEST_ENV}
+    subprocess.run(_stack_cmd("up"), env=env, check=True, timeout=900)
+    yield Stack(
+        storage_url="http://localhost:5001",
+        scorer_url="http://localhost:8000",
+        flink_url="http://localhost:8081",
+        kafka_bootstrap="localhost:9092",
+        database_url="postgresql://yahoo:yahoo@localhost:5432/yahoo_llm",
+        redis_url="redis://localhost:6379/0",
+        env=env,
+    )
+    if os.environ.get("YAHOO_LLM_KEEP_TEST_STACK") != "1":
+        subprocess.run(_stack_cmd("down"), env=env, check=False, timeout=300)
+
+
+@pytest.fixture
+def ask(stack):
+    def _ask(question_text: str, original_answer: str = "", **kwargs) -> requests.Response:
+        return requests.post(f"{stack.storage_url}/query",
+                             json={"question_text": question_text, "original_answer": original_answer}, timeout=30, **kwargs)
+
+    return _ask
+
+
+@pytest.fixture
+def status_of(stack):
+    def _status(question_id: str) -> dict | None:
+        resp = requests.get(f"{stack.storage_url}/status/{question_id}", timeout=10)
+        return resp.json() if resp.status_code == 200 else None
+
+    return _status
