@@ -12,14 +12,18 @@ install:
 up: install
 	@$(PY) scripts/stack.py up
 
+# Stops the stack `make up` started (YAHOO_LLM_STACK names another), and the test suite's if left up.
 down:
-	@if [ -x $(PY) ]; then $(PY) scripts/stack.py down; $(PY) scripts/stack.py --name test-stack down; else echo "[stack] not installed"; fi
+	@if [ -x $(PY) ]; then $(PY) scripts/stack.py down && $(PY) scripts/stack.py --name test-stack down; \
+	else echo "[stack] nothing installed, nothing running"; fi
 
 status:
 	@$(PY) scripts/stack.py status
 
+# Unit, integration and e2e tests share one test stack; the smoke test then runs `make up` itself.
 test: install
-	@$(PY) -m pytest tests
+	@$(PY) -m pytest tests/unit tests/integration tests/e2e
+	@$(PY) -m pytest tests/smoke
 
 test-unit: install
 	@$(PY) -m pytest tests/unit

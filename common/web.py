@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable
 
@@ -17,16 +18,22 @@ class ApiError(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-def json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request's JSON object, or an ApiError with the right status (413, 415, 400)."""
+def json_body(request: Request, max_bytes: int, *, require_json_type: bool = True) -> dict[str, Any]:
+    """The request's JSON object, or an ApiError with the right status (413, 415, 400).
+
+    `require_json_type=False` parses the body whatever its Content-Type, as Ollama's API does.
+    """
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "payload_too_large", f"request body over {max_bytes} bytes")
-    if not request.is_json:
+    if require_json_type and not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send Content-Type: application/json")
     raw = request.get_data(cache=True)
     if len(raw) > max_bytes:
         raise ApiError(413, "payload_too_large", f"request body over {max_bytes} bytes")
-    data = request.get_json(silent=True)
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object")
     return data

@@ -318,7 +318,10 @@ SERVICES = ["score-validator", "storage-service", "storage-consumer", "llm-consu
 EMBEDDED_LLM = "local-llm"
 
 
-def write_supervisor_config(layout: Layout) -> Path:
+EMBEDDED_MODEL_NAME = "smollm2:135m"
+
+
+def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
     versions = read_versions()
     kafka_jars = STATE / "jars" / f"kafka-{versions['KAFKA_VERSION']}"
     kafka_conf = write_kafka_config(layout)
@@ -340,6 +343,12 @@ def write_supervisor_config(layout: Layout) -> Path:
                    "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "DATABASE_URL": layout.database_url,
                    "REDIS_URL": layout.redis_url, "OLLAMA_URL": layout.ollama_url,
                    "YAHOO_LLM_STATE_DIR": STATE}
+    marker = layout.path("run", "embedded-llm")
+    marker.unlink(missing_ok=True)
+    if embedded_llm:
+        marker.touch()
+        if not layout.env.get("LLM_MODEL"):
+            service_env["LLM_MODEL"] = EMBEDDED_MODEL_NAME
     py = str(PYTHON)
     sections = [
         "[unix_http_server]", f"file={layout.path('run', 'supervisor.sock')}", "",
@@ -508,7 +517,9 @@ def up(layout: Layout, platform_only: bool) -> None:
         layout.path(sub).mkdir(parents=True, exist_ok=True)
     if supervisord_pid(layout) is None:
         ensure_ports_free(layout)
-        conf = write_supervisor_config(layout)
+        # Decided before anything starts: once started, the embedded server answers there itself.
+        embedded_llm = not ollama_answers(layout.ollama_url)
+        conf = write_supervisor_config(layout, embedded_llm)
         log(f"starting supervisord ({conf})")
         subprocess.run([str(VENV / "bin" / "supervisord"), "-c", str(conf)], check=True, env=os.environ)
         wait_for("supervisord", lambda: supervisorctl(layout, "status", check=False).returncode in (0, 3), 20, layout=layout)
@@ -522,17 +533,22 @@ def up(layout: Layout, platform_only: bool) -> None:
     if platform_only:
         print_summary(layout, platform_only=True)
         return
-    if ollama_answers(layout.ollama_url):
-        log(f"LLM: using the Ollama API at {layout.ollama_url}")
-    else:
-        log(f"LLM: nothing answers at {layout.ollama_url}; starting the embedded demo model (SmolLM2-135M) there")
+    if embedded_llm_configured(layout) or not ollama_answers(layout.ollama_url):
+        log(f"LLM: nothing else answers at {layout.ollama_url}; using the embedded demo model "
+            f"({EMBEDDED_MODEL_NAME}, small and often wrong; README: 'Using a real Ollama')")
         start_programs(layout, [EMBEDDED_LLM])
         wait_for("embedded LLM", lambda: ollama_answers(layout.ollama_url), 240, interval_s=1, layout=layout)
+    else:
+        log(f"LLM: using the Ollama API at {layout.ollama_url}")
     start_programs(layout, SERVICES)
     wait_for("score_validator", lambda: http_ok(f"http://localhost:{layout.scorer_port}/health"), 240, interval_s=1, layout=layout)
     wait_for("storage_service", lambda: http_ok(f"http://localhost:{layout.storage_port}/health"), 60, layout=layout)
     deploy_flink_job(layout)
     print_summary(layout, platform_only=False)
+
+
+def embedded_llm_configured(layout: Layout) -> bool:
+    return layout.path("run", "embedded-llm").exists()
 
 
 def print_summary(layout: Layout, platform_only: bool) -> None:

@@ -1,0 +1,140 @@
+"""Ollama's HTTP API for the one local model: /api/generate, /api/chat (NDJSON streaming or not),
+/api/tags, /api/version. A bounded queue answers HTTP 503 when full, as Ollama does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator
+
+from flask import Flask, Response, jsonify, request
+
+from common.web import ApiError, install_error_handlers, json_body
+from local_llm.config import LocalLLMSettings
+from local_llm.model import Generation, LocalModel, Options
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0-yahoo-llm"
+MAX_BODY_BYTES = 1_000_000
+
+
+class RequestQueue:
+    """Admits one generating request plus `max_waiting` waiting ones; the rest are refused."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self.capacity = max_waiting + 1
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self.pending >= self.capacity:
+                raise ApiError(503, "server busy, please try again. maximum pending requests exceeded", "queue full")
+            self.pending += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pending -= 1
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
+    app = Flask("local_llm")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    install_error_handlers(app)
+    queue = RequestQueue(settings.ollama_max_queue)
+    name = settings.local_llm_model_name
+
+    @app.errorhandler(ApiError)
+    def _ollama_error(exc: ApiError):  # Ollama's error shape is {"error": "..."}
+        return jsonify(error=exc.error if exc.status == 503 else exc.message), exc.status
+
+    def options_of(body: dict) -> Options:
+        try:
+            return Options.from_request(body.get("options"), settings.local_llm_default_num_predict,
+                                        settings.local_llm_max_num_predict)
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "invalid_options", f"invalid options: {exc}")
+
+    def totals(gen: Generation) -> dict:
+        return {"done": True, "done_reason": gen.done_reason, "total_duration": gen.eval_ns + gen.prompt_eval_ns,
+                "load_duration": 0, "prompt_eval_count": gen.prompt_tokens, "prompt_eval_duration": gen.prompt_eval_ns,
+                "eval_count": gen.eval_tokens, "eval_duration": gen.eval_ns}
+
+    def respond(body: dict, inputs, piece_field) -> Response:
+        """Runs one generation inside a queue slot; streams NDJSON unless "stream": false."""
+        options = options_of(body)
+        stream = body.get("stream", True) is not False
+
+        def generate() -> Iterator[str]:
+            with queue.slot():
+                for item in model.stream(inputs, options):
+                    if isinstance(item, Generation):
+                        final = {"model": name, "created_at": now_iso(), **piece_field("" if stream else item.text), **totals(item)}
+                        log.info("generated", extra={"tokens": item.eval_tokens, "seconds": round(item.eval_ns / 1e9, 2)})
+                        yield json.dumps(final) + "\n"
+                    elif stream:
+                        yield json.dumps({"model": name, "created_at": now_iso(), **piece_field(item), "done": False}) + "\n"
+
+        if stream:
+            if queue.pending >= queue.capacity:  # refuse before the 200 status line goes out
+                raise ApiError(503, "server busy, please try again. maximum pending requests exceeded", "queue full")
+            return Response(generate(), mimetype="application/x-ndjson")
+        *_, last = generate()
+        return Response(last, mimetype="application/json")
+
+    @app.post("/api/generate")
+    def api_generate():
+        body = json_body(request, MAX_BODY_BYTES, require_json_type=False)
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise ApiError(400, "invalid_prompt", "'prompt' must be a string")
+        if not prompt:  # Ollama: an empty prompt just loads the model
+            return jsonify(model=name, created_at=now_iso(), response="", done=True, done_reason="load")
+        if body.get("raw"):
+            inputs = model.raw_prompt_ids(prompt)
+        else:
+            messages = ([{"role": "system", "content": body["system"]}] if body.get("system") else []) + \
+                       [{"role": "user", "content": prompt}]
+            inputs = model.chat_prompt_ids(messages)
+        return respond(body, inputs, lambda text: {"response": text})
+
+    @app.post("/api/chat")
+    def api_chat():
+        body = json_body(request, MAX_BODY_BYTES, require_json_type=False)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in {"system", "user", "assistant"}
+                for m in messages):
+            raise ApiError(400, "invalid_messages", "'messages' must be a list of {role, content}")
+        if not messages:
+            return jsonify(model=name, created_at=now_iso(), message={"role": "assistant", "content": ""},
+                           done=True, done_reason="load")
+        inputs = model.chat_prompt_ids([{"role": m["role"], "content": m["content"]} for m in messages])
+        return respond(body, inputs, lambda text: {"message": {"role": "assistant", "content": text}})
+
+    @app.get("/api/tags")
+    def api_tags():
+        return jsonify(models=[{
+            "name": name, "model": name, "modified_at": now_iso(), "size": model.size_bytes, "digest": "",
+            "details": {"format": "gguf", "family": "llama", "families": ["llama"], "parameter_size": "135M",
+                        "quantization_level": "Q4_1", "parent_model": ""},
+        }])
+
+    @app.get("/api/version")
+    def api_version():
+        return jsonify(version=VERSION)
+
+    @app.route("/", methods=["GET", "HEAD"])
+    def root():
+        return Response("Ollama is running", mimetype="text/plain")
+
+    return app
