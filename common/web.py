@@ -82,6 +82,8 @@ def serve(app_factory: Callable[[], Flask], port: int, *, threads: int = 8, time
                 "graceful_timeout": 30,
                 "accesslog": None,
                 "errorlog": "-",
+                # One fixed socket path per user: two services on one host would fight over it.
+                "control_socket_disable": True,
             }.items():
                 self.cfg.set(key, value)
 

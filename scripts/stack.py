@@ -21,7 +21,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
 VENV = STATE / "venv"
 PYTHON = VENV / "bin" / "python"
-FLINK_JOB_NAME = "Flink Score Validator Job"
 
 
 def log(message: str) -> None:
@@ -462,37 +460,14 @@ def init_topics(layout: Layout) -> None:
     log(f"topics: created {', '.join(created)}" if created else "topics: all present")
 
 
-def flink_job_running(layout: Layout) -> bool:
-    jobs = http_json(f"http://localhost:{layout.flink_rest_port}/jobs/overview")["jobs"]
-    return any(j["name"] == FLINK_JOB_NAME and j["state"] in {"RUNNING", "CREATED", "RESTARTING", "INITIALIZING"}
-               for j in jobs)
-
-
-def flink_job_deps(layout: Layout) -> Path:
-    """The job's Python code (common/ and flink_job/) as one zip that Flink puts on the workers' path."""
-    bundle = layout.path("flink", "job-deps.zip")
-    with zipfile.ZipFile(bundle, "w") as zf:
-        for package in ("common", "flink_job"):
-            for file in sorted((ROOT / package).rglob("*.py")):
-                zf.write(file, file.relative_to(ROOT))
-    return bundle
-
-
 def deploy_flink_job(layout: Layout) -> None:
-    if flink_job_running(layout):
-        log(f"Flink job '{FLINK_JOB_NAME}' already running")
-        return
-    log(f"submitting Flink job '{FLINK_JOB_NAME}'")
-    env = {**os.environ, "FLINK_CONF_DIR": str(layout.path("flink", "conf")), "PYTHONPATH": str(ROOT),
-           "TMPDIR": str(layout.path("flink", "tmp")), "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
-           "FLINK_LOG_DIR": str(layout.path("logs"))}
-    cmd = [str(pyflink_home() / "bin" / "flink"), "run", "-d", "-py", str(ROOT / "flink_job" / "job.py"),
-           "-pyfs", str(flink_job_deps(layout))]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    (layout.path("logs", "flink-submit.log")).write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise SystemExit(f"[stack] Flink job submission failed; see {layout.path('logs', 'flink-submit.log')}")
-    wait_for("Flink job", lambda: flink_job_running(layout), 120, layout=layout)
+    from flink_job.submit import submit
+
+    # The `flink` client reads the cluster's config; its temp folders stay in the stack's folder.
+    os.environ.update({"FLINK_CONF_DIR": str(layout.path("flink", "conf")), "TMPDIR": str(layout.path("flink", "tmp")),
+                       "FLINK_LOG_DIR": str(layout.path("logs")), "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap})
+    submit(f"http://localhost:{layout.flink_rest_port}", str(pyflink_home() / "bin" / "flink"), 120,
+           layout.path("logs", "flink-submit.log"))
 
 
 def ollama_answers(url: str) -> bool:

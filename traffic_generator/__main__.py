@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.render())
     if args.json:
         args.json.write_text(json.dumps({
-            "sent": len(summary.outcomes), "elapsed_s": summary.elapsed_s, "counts": dict(summary.counts),
+            "sent": len(summary.outcomes), "distinct_questions": len({o.question_id for o in summary.outcomes if o.question_id}),
+            "elapsed_s": summary.elapsed_s, "counts": dict(summary.counts),
             "latency_ms": summary.latency_percentiles_ms(), "final_statuses": dict(summary.final_statuses),
         }, indent=2))
     return 0 if all(o.status is not None and o.status < 500 for o in summary.outcomes) else 1
