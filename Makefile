@@ -22,7 +22,7 @@ status:
 
 # Unit, integration and e2e tests share one test stack; the smoke test then runs `make up` itself.
 test: install
-	@$(PY) -m pytest tests/unit tests/integration tests/e2e
+	@$(PY) -m pytest tests/unit tests/static tests/integration tests/e2e
 	@$(PY) -m pytest tests/smoke
 
 test-unit: install

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -145,6 +146,20 @@ class _PausedPartitions:
             self.due.pop((tp.topic, tp.partition), None)
 
 
+class Heartbeat:
+    """Touches a file at most every few seconds, so a healthcheck can tell the loop is alive."""
+
+    def __init__(self, path: str | None, every_s: float = 5.0) -> None:
+        self.path, self.every_s, self._last = path, every_s, 0.0
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        if self.path and now - self._last >= self.every_s:
+            with open(self.path, "a"):
+                os.utime(self.path)
+            self._last = now
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT: the loop finishes the message in hand, flushes, commits and exits."""
 
@@ -185,8 +200,10 @@ def run_consumer(
     handler: Handler,
     stop: StopFlag,
     producer: ConfirmedProducer | None = None,
+    liveness_file: str | None = None,
 ) -> None:
     """Consume `source_topics` until `stop` is set, calling `handler` for each valid message."""
+    heartbeat = Heartbeat(liveness_file)
     producer = producer or ConfirmedProducer(bootstrap_servers, client_id)
     paused = _PausedPartitions()
     failures: dict[tuple[str, int, int], int] = {}
@@ -195,6 +212,7 @@ def run_consumer(
     log.info("consumer started", extra={"group": group_id, "topics": source_topics})
     try:
         while not stop.is_set():
+            heartbeat.beat()
             paused.resume_due(consumer, time.time())
             msg = consumer.poll(0.5)
             if msg is None:

@@ -14,6 +14,8 @@ class ServiceSettings(BaseSettings):
 
     kafka_bootstrap_servers: str = "localhost:9092"
     log_level: str = "INFO"
+    # Workers touch this file at every poll: a container healthcheck reads its age (liveness).
+    liveness_file: str | None = None
 
 
 class PipelineSettings(ServiceSettings):

@@ -44,4 +44,5 @@ def run(settings: LLMConsumerSettings) -> None:
         source_topics=[topics.QUESTIONS_PENDING],
         handler=llm_handler(client),
         stop=StopFlag().install(),
+        liveness_file=settings.liveness_file,
     )

@@ -53,4 +53,5 @@ def run(strategy: str, settings: PipelineSettings) -> None:
         source_topics=[source],
         handler=retry_handler(policy_of(settings)),
         stop=StopFlag().install(),
+        liveness_file=settings.liveness_file,
     )

@@ -38,4 +38,5 @@ def run_backup_consumer(settings: ScoreValidatorSettings) -> None:
         source_topics=[topics.LLM_RESPONSES_SUCCESS],
         handler=handle,
         stop=StopFlag().install(),
+        liveness_file=settings.liveness_file,
     )

@@ -28,6 +28,9 @@ install_system_packages() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  # Static checks of the Docker fleet (no engine needed): compose's own parser, and npm for dclint.
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+  command -v npm >/dev/null || missing+=(npm)
   [ ${#missing[@]} -eq 0 ] && return
   say "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -48,7 +51,7 @@ install_venv() {
   local want
   want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
   stamp_ok "$VENV/.installed" "$want" && return
-  say "installing Python packages into $VENV (first time: several minutes; torch is large)"
+  say "installing Python packages into $VENV (a new venv takes minutes: torch is large)"
   [ -x "$VENV/bin/python" ] || "$(find_python)" -m venv "$VENV"
   export PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1
   "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
@@ -92,9 +95,19 @@ install_flink_jars() {
   fi
 }
 
+install_node_tools() {
+  local want="dclint@$DCLINT_VERSION"
+  stamp_ok "$STATE/tools/.installed" "$want" && return
+  say "installing $want (docker compose linter) from npm"
+  mkdir -p "$STATE/tools"
+  npm install --silent --no-audit --no-fund --prefix "$STATE/tools" --cache "$CACHE/npm" "$want" >/dev/null
+  echo "$want" > "$STATE/tools/.installed"
+}
+
 mkdir -p "$STATE" "$CACHE"
 install_system_packages
 install_venv
 install_kafka_jars
 install_flink_jars
+install_node_tools
 say "ready ($VENV)"

@@ -43,6 +43,7 @@ def run(settings: StorageSettings) -> None:
             source_topics=OUTCOME_TOPICS,
             handler=outcome_handler(repo, cache),
             stop=StopFlag().install(),
+            liveness_file=settings.liveness_file,
         )
     finally:
         repo.close()
