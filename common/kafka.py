@@ -186,7 +186,7 @@ def consumer_config(bootstrap_servers: str, group_id: str, client_id: str) -> di
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "max.poll.interval.ms": 600000,
-        "session.timeout.ms": 45000,
+        "session.timeout.ms": 10000,  # a killed consumer's partitions move on within seconds
         "partition.assignment.strategy": "cooperative-sticky",
     }
 

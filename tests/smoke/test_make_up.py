@@ -31,9 +31,16 @@ def make(target: str) -> None:
     subprocess.run(["make", "-s", target], cwd=ROOT, env=env, check=True, timeout=900)
 
 
+def running_score_jobs() -> int:
+    jobs = requests.get("http://localhost:8081/jobs/overview", timeout=5).json()["jobs"]
+    return sum(j["name"] == "Flink Score Validator Job" and j["state"] == "RUNNING" for j in jobs)
+
+
 def test_make_up_answers_the_seed_example_then_make_down_leaves_nothing():
     make("up")
     try:
+        make("up")  # a second `make up` is harmless: nothing restarts, the job is not submitted twice
+        assert running_score_jobs() == 1
         resp = requests.post("http://localhost:5001/query", json=SEED_EXAMPLE, timeout=30)
         assert resp.status_code in (200, 202), resp.text
         qid = resp.json()["question_id"]

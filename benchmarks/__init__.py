@@ -1,0 +1,1 @@
+"""`make bench`: component speed measurements, written to bench-results/ (never asserted in tests)."""

@@ -1,0 +1,53 @@
+"""Nothing is lost when a consumer process stops or dies in the middle of an LLM call."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.conftest import ROOT, unique, wait_until
+from tests.fake_ollama import Answer
+
+STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
+GOOD = "Santiago is the capital of Chile."
+REFERENCE = "The capital of Chile is Santiago."
+
+
+def supervisorctl(*args: str) -> str:
+    conf = STATE / "test-stack" / "supervisord.conf"
+    return subprocess.run([str(STATE / "venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
+                          capture_output=True, text=True, timeout=120).stdout
+
+
+def llm_consumer_pids() -> list[int]:
+    return [int(line.split("pid ")[1].split(",")[0]) for line in supervisorctl("status", "llm-consumer:*").splitlines()
+            if "RUNNING" in line]
+
+
+def test_sigterm_finishes_the_call_in_hand_then_exits(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD, delay_s=2.5))
+    qid = ask(question, REFERENCE).json()["question_id"]
+    wait_until(lambda: fake_llm.calls_for(question), 30, what="the LLM call to start")
+    try:
+        supervisorctl("stop", "llm-consumer:*")  # SIGTERM, waits for the processes to exit
+    finally:
+        supervisorctl("start", "llm-consumer:*")
+    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
+    assert final["status"] == "validated"
+    assert len(fake_llm.calls_for(question)) == 1  # finished and committed before exiting: no redelivery
+
+
+def test_sigkill_mid_call_is_redelivered_after_restart(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD, delay_s=2.5), Answer(GOOD))
+    qid = ask(question, REFERENCE).json()["question_id"]
+    wait_until(lambda: fake_llm.calls_for(question), 30, what="the LLM call to start")
+    for pid in llm_consumer_pids():
+        os.kill(pid, signal.SIGKILL)  # supervisord restarts them
+    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 180, what="the outcome")
+    assert final["status"] == "validated"
+    assert len(fake_llm.calls_for(question)) >= 2  # the uncommitted message was delivered again
+    wait_until(lambda: len(llm_consumer_pids()) == 2, 60, what="both consumers back")
