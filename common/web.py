@@ -6,7 +6,10 @@ import json
 import logging
 from typing import Any, Callable
 
+from datetime import date, datetime
+
 from flask import Flask, Request, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,20 @@ def required_text(data: dict[str, Any], field: str, max_chars: int, *, required:
     return value
 
 
-def install_error_handlers(app: Flask) -> None:
+class IsoJSONProvider(DefaultJSONProvider):
+    """Dates as ISO 8601 (Flask's default is the HTTP-date format)."""
+
+    @staticmethod
+    def default(value: Any) -> Any:
+        if isinstance(value, (datetime, date)):
+            return value.isoformat()
+        return DefaultJSONProvider.default(value)
+
+
+def configure_json_api(app: Flask) -> None:
+    """ISO dates in JSON, and every error as JSON: {"error": ..., "message": ...}."""
+    app.json = IsoJSONProvider(app)
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return jsonify(error=exc.error, message=exc.message), exc.status

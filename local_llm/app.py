@@ -12,7 +12,7 @@ from typing import Iterator
 
 from flask import Flask, Response, jsonify, request
 
-from common.web import ApiError, install_error_handlers, json_body
+from common.web import ApiError, configure_json_api, json_body
 from local_llm.config import LocalLLMSettings
 from local_llm.model import Generation, LocalModel, Options
 
@@ -49,7 +49,7 @@ def now_iso() -> str:
 def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
     app = Flask("local_llm")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    install_error_handlers(app)
+    configure_json_api(app)
     queue = RequestQueue(settings.ollama_max_queue)
     name = settings.local_llm_model_name
 

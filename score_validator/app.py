@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 
-from common.web import ApiError, install_error_handlers, json_body, required_text
+from common.web import ApiError, configure_json_api, json_body, required_text
 from score_validator.config import ScoreValidatorSettings
 from score_validator.scorer import Pair, Scorer
 
@@ -12,7 +12,7 @@ from score_validator.scorer import Pair, Scorer
 def create_app(settings: ScoreValidatorSettings, scorer: Scorer) -> Flask:
     app = Flask("score_validator")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    install_error_handlers(app)
+    configure_json_api(app)
 
     def parse_pair(item) -> Pair:
         if not isinstance(item, dict):

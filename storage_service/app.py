@@ -14,7 +14,7 @@ from psycopg_pool import PoolTimeout
 from common import topics
 from common.kafka import ConfirmedProducer, DeliveryError
 from common.messages import PipelineMessage, question_id_for
-from common.web import ApiError, install_error_handlers, json_body, required_text
+from common.web import ApiError, configure_json_api, json_body, required_text
 from storage_service.cache import AnswerCache, validated_result
 from storage_service.config import StorageSettings
 from storage_service.repository import Repository
@@ -42,7 +42,7 @@ class Counters:
 def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, producer: ConfirmedProducer) -> Flask:
     app = Flask("storage_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    install_error_handlers(app)
+    configure_json_api(app)
     counters = Counters()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
 

@@ -6,6 +6,8 @@ Each test asks a question nobody asked before and scripts the fake LLM for it; e
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 import requests
 
@@ -35,6 +37,7 @@ def test_good_answer_is_validated_on_first_attempt(stack, fake_llm, ask, status_
     assert final["answer"] == GOOD
     assert final["score"] >= 0.75
     assert final["attempts"] == 1
+    assert datetime.fromisoformat(final["completed_at"]) >= datetime.fromisoformat(final["created_at"])
     assert len(fake_llm.calls_for(question)) == 1
     with psycopg.connect(stack.database_url) as conn:
         row = conn.execute("SELECT status, final_answer FROM questions WHERE question_id = %s", (qid,)).fetchone()
