@@ -37,9 +37,9 @@ from pyflink.datastream.functions import AsyncFunction
 from pyflink.java_gateway import get_gateway
 
 from common import topics
+from common.flink_rest import SCORE_JOB_NAME as JOB_NAME
 from flink_job.config import JobSettings
 
-JOB_NAME = "Flink Score Validator Job"
 OUTPUT_TYPE = Types.ROW_NAMED(["topic", "key", "value"], [Types.STRING(), Types.STRING(), Types.STRING()])
 
 log = logging.getLogger("flink_job")

@@ -9,27 +9,23 @@ own code (common/ and flink_job/) travels as one zip that Flink puts on the work
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from urllib.parse import urlparse
 from pathlib import Path
 
-from flink_job.job import JOB_NAME
+from common.flink_rest import SCORE_JOB_NAME as JOB_NAME
+from common.flink_rest import list_jobs, score_job_active
 
 ROOT = Path(__file__).resolve().parent.parent
-ACTIVE_STATES = {"RUNNING", "CREATED", "RESTARTING", "INITIALIZING", "RECONCILING"}
 
 
 def job_active(rest_url: str) -> bool:
-    with urllib.request.urlopen(f"{rest_url}/jobs/overview", timeout=5) as resp:
-        jobs = json.load(resp)["jobs"]
-    return any(j["name"] == JOB_NAME and j["state"] in ACTIVE_STATES for j in jobs)
+    return score_job_active(list_jobs(rest_url))
 
 
 def bundle_job_code(dest: Path) -> Path:

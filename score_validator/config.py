@@ -24,6 +24,7 @@ class ScoreValidatorSettings(PipelineSettings):
     max_batch_pairs: int = 256
     max_body_bytes: int = 4_000_000
     score_validator_backup_consumer: bool = False
+    flink_rest_url: str = "http://localhost:8081"  # the backup consumer stands by while the job runs
 
     def baseline_file(self) -> Path | None:
         if not self.bertscore_rescale:

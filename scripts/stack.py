@@ -60,9 +60,6 @@ class Layout:
     def path(self, *parts: str) -> Path:
         return self.home.joinpath(*parts)
 
-    def _url(self, var: str, default: str):
-        return urlparse(self.env.get(var) or default)
-
     @property
     def kafka_port(self) -> int:
         first = self.env.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092").split(",")[0]
@@ -314,6 +311,7 @@ PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager
 SERVICES = ["score-validator", "storage-service", "storage-consumer", "llm-consumer",
             "retry-overload-consumer", "retry-quota-consumer"]
 EMBEDDED_LLM = "local-llm"
+BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
 
 
 EMBEDDED_MODEL_NAME = "smollm2:135m"
@@ -371,6 +369,8 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         program("retry-overload-consumer", f"{py} -m retry_consumers overload", layout, environment=service_env),
         program("retry-quota-consumer", f"{py} -m retry_consumers quota", layout, environment=service_env),
         program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
+        program(BACKUP_SCORER, f"{py} -m score_validator backup-consumer", layout,
+                environment={**service_env, "FLINK_REST_URL": f"http://localhost:{layout.flink_rest_port}"}),
     ]
     conf = layout.path("supervisord.conf")
     conf.write_text("\n".join(sections))
@@ -516,6 +516,8 @@ def up(layout: Layout, platform_only: bool) -> None:
     else:
         log(f"LLM: using the Ollama API at {layout.ollama_url}")
     start_programs(layout, SERVICES)
+    if layout.env.get("SCORE_VALIDATOR_BACKUP_CONSUMER", "").lower() in {"1", "true", "yes"}:
+        start_programs(layout, [BACKUP_SCORER])
     wait_for("score_validator", lambda: http_ok(f"http://localhost:{layout.scorer_port}/health"), 240, interval_s=1, layout=layout)
     wait_for("storage_service", lambda: http_ok(f"http://localhost:{layout.storage_port}/health"), 60, layout=layout)
     deploy_flink_job(layout)

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common import topics
+from common.flink_rest import SCORE_JOB_NAME, list_jobs
 from tests.conftest import ROOT, wait_until
 
 STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
@@ -104,5 +105,5 @@ def test_flink_cluster_runs_a_pyflink_kafka_job(stack):
 
 
 def test_score_validator_job_is_running(stack):
-    jobs = json.load(urllib.request.urlopen(f"{stack.flink_url}/jobs/overview", timeout=5))["jobs"]
-    assert any(j["name"] == "Flink Score Validator Job" and j["state"] == "RUNNING" for j in jobs)
+    jobs = list_jobs(stack.flink_url)
+    assert any(j["name"] == SCORE_JOB_NAME and j["state"] == "RUNNING" for j in jobs)

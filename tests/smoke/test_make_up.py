@@ -13,6 +13,7 @@ import subprocess
 import psycopg
 import requests
 
+from common.flink_rest import SCORE_JOB_NAME, list_jobs
 from tests.conftest import ROOT, wait_until
 
 SEED_EXAMPLE = {"question_text": "¿Cuál es la capital de Chile?", "original_answer": "La capital de Chile es Santiago"}
@@ -32,8 +33,7 @@ def make(target: str) -> None:
 
 
 def running_score_jobs() -> int:
-    jobs = requests.get("http://localhost:8081/jobs/overview", timeout=5).json()["jobs"]
-    return sum(j["name"] == "Flink Score Validator Job" and j["state"] == "RUNNING" for j in jobs)
+    return sum(j["name"] == SCORE_JOB_NAME and j["state"] == "RUNNING" for j in list_jobs("http://localhost:8081"))
 
 
 def test_make_up_answers_the_seed_example_then_make_down_leaves_nothing():

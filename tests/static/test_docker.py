@@ -120,7 +120,7 @@ def test_compose_and_native_run_the_same_services():
     sys.path.insert(0, str(ROOT / "scripts"))
     import stack
 
-    native = set(stack.PLATFORM) | set(stack.SERVICES) | {stack.EMBEDDED_LLM}
+    native = set(stack.PLATFORM) | set(stack.SERVICES) | {stack.EMBEDDED_LLM, stack.BACKUP_SCORER}
     assert native <= set(compose()["services"]), native - set(compose()["services"])
     assert compose()["services"]["llm-consumer"]["deploy"]["replicas"] == 2
 
