@@ -90,6 +90,10 @@ class Layout:
         return int(self.env.get("SCORE_VALIDATOR_PORT", "8000"))
 
     @property
+    def kafka_ui_port(self) -> int:
+        return int(self.env.get("KAFKA_UI_PORT", "8080"))
+
+    @property
     def ollama_url(self) -> str:
         return (self.env.get("OLLAMA_URL") or "http://localhost:11434").rstrip("/")
 
@@ -103,6 +107,7 @@ class Layout:
             "flink-rest": self.flink_rest_port,
             "storage-service": self.storage_port,
             "score-validator": self.scorer_port,
+            "kafka-ui": self.kafka_ui_port,
         }
 
 
@@ -309,7 +314,7 @@ def program(name: str, command: str, layout: Layout, *, environment: dict | None
 
 PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager"]
 SERVICES = ["score-validator", "storage-service", "storage-consumer", "llm-consumer",
-            "retry-overload-consumer", "retry-quota-consumer"]
+            "retry-overload-consumer", "retry-quota-consumer", "kafka-ui"]
 EMBEDDED_LLM = "local-llm"
 BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
 
@@ -368,6 +373,7 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         program("llm-consumer", f"{py} -m llm_consumer", layout, environment=service_env, numprocs=2),
         program("retry-overload-consumer", f"{py} -m retry_consumers overload", layout, environment=service_env),
         program("retry-quota-consumer", f"{py} -m retry_consumers quota", layout, environment=service_env),
+        program("kafka-ui", f"{py} -m kafka_ui", layout, environment=service_env),
         program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
         program(BACKUP_SCORER, f"{py} -m score_validator backup-consumer", layout,
                 environment={**service_env, "FLINK_REST_URL": f"http://localhost:{layout.flink_rest_port}"}),
@@ -520,6 +526,7 @@ def up(layout: Layout, platform_only: bool) -> None:
         start_programs(layout, [BACKUP_SCORER])
     wait_for("score_validator", lambda: http_ok(f"http://localhost:{layout.scorer_port}/health"), 240, interval_s=1, layout=layout)
     wait_for("storage_service", lambda: http_ok(f"http://localhost:{layout.storage_port}/health"), 60, layout=layout)
+    wait_for("Kafka browser", lambda: http_ok(f"http://localhost:{layout.kafka_ui_port}/health"), 60, layout=layout)
     deploy_flink_job(layout)
     print_summary(layout, platform_only=False)
 
@@ -539,6 +546,7 @@ def print_summary(layout: Layout, platform_only: bool) -> None:
         lines += [
             f"storage_service  http://localhost:{layout.storage_port}  (POST /query, GET /status/<id>, /metrics, /health)",
             f"score_validator  http://localhost:{layout.scorer_port}  (GET /health, POST /score, POST /score/batch)",
+            f"Kafka browser    http://localhost:{layout.kafka_ui_port}  (topics, consumer lag, latest messages)",
             f"LLM (Ollama API) {layout.ollama_url}",
         ]
     lines.append(f"logs             {layout.path('logs')}")

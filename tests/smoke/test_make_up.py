@@ -17,7 +17,7 @@ from common.flink_rest import SCORE_JOB_NAME, list_jobs
 from tests.conftest import ROOT, wait_until
 
 SEED_EXAMPLE = {"question_text": "¿Cuál es la capital de Chile?", "original_answer": "La capital de Chile es Santiago"}
-PORTS = (9092, 5432, 6379, 8081, 8000, 5001)
+PORTS = (9092, 9093, 5432, 6379, 8081, 8000, 5001, 8080, 11434)
 
 
 def listening(port: int) -> bool:

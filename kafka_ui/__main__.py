@@ -1,0 +1,22 @@
+"""python -m kafka_ui   (KAFKA_UI_PORT, default 8080)"""
+
+from common.logging import configure_logging
+from common.settings import ServiceSettings
+from common.web import serve
+
+
+class KafkaUISettings(ServiceSettings):
+    kafka_ui_port: int = 8080
+
+
+if __name__ == "__main__":
+    settings = KafkaUISettings()
+    configure_logging("kafka-ui", settings.log_level)
+
+    def app_factory():
+        from kafka_ui.app import create_app
+        from kafka_ui.browser import KafkaBrowser
+
+        return create_app(KafkaBrowser(settings.kafka_bootstrap_servers))
+
+    serve(app_factory, settings.kafka_ui_port, threads=4, timeout_s=30)
