@@ -516,7 +516,7 @@ def up(layout: Layout, platform_only: bool) -> None:
         return
     if embedded_llm_configured(layout) or not ollama_answers(layout.ollama_url):
         log(f"LLM: nothing else answers at {layout.ollama_url}; using the embedded demo model "
-            f"({EMBEDDED_MODEL_NAME}, small and often wrong; README: 'Using a real Ollama')")
+            f"({EMBEDDED_MODEL_NAME}, small and often wrong; see README, 'The LLM')")
         start_programs(layout, [EMBEDDED_LLM])
         wait_for("embedded LLM", lambda: ollama_answers(layout.ollama_url), 240, interval_s=1, layout=layout)
     else:
