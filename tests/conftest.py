@@ -18,6 +18,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
 FAKE_LLM_PORT = int(os.environ.get("FAKE_LLM_PORT", "11435"))
 
 TEST_ENV = {
@@ -109,3 +110,10 @@ def status_of(stack):
         return resp.json() if resp.status_code == 200 else None
 
     return _status
+
+
+def supervisorctl(*args: str) -> str:
+    """Drive the test stack's processes as an operator would (stop, start, status)."""
+    conf = STATE / "test-stack" / "supervisord.conf"
+    return subprocess.run([str(STATE / "venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
+                          capture_output=True, text=True, timeout=120).stdout

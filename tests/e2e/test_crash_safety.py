@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-from pathlib import Path
 
-from tests.conftest import ROOT, unique, wait_until
+from tests.conftest import supervisorctl, unique, wait_until
 from tests.fake_ollama import Answer
 
-STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
 GOOD = "Santiago is the capital of Chile."
 REFERENCE = "The capital of Chile is Santiago."
-
-
-def supervisorctl(*args: str) -> str:
-    conf = STATE / "test-stack" / "supervisord.conf"
-    return subprocess.run([str(STATE / "venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
-                          capture_output=True, text=True, timeout=120).stdout
 
 
 def llm_consumer_pids() -> list[int]:

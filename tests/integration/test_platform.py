@@ -16,9 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from common import topics
 from common.flink_rest import SCORE_JOB_NAME, list_jobs
-from tests.conftest import ROOT, wait_until
-
-STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
+from tests.conftest import STATE, wait_until
 
 
 def consume(bootstrap: str, topic: str, count: int, timeout_s: float = 60) -> list:

@@ -1,0 +1,55 @@
+"""What clients see while a dependency is down, and that the pipeline recovers afterwards."""
+
+from __future__ import annotations
+
+import psycopg
+import requests
+
+from tests.conftest import supervisorctl, unique, wait_until
+from tests.fake_ollama import Answer
+
+GOOD = "Santiago is the capital of Chile."
+REFERENCE = "The capital of Chile is Santiago."
+
+
+def health(stack) -> requests.Response:
+    return requests.get(f"{stack.storage_url}/health", timeout=10)
+
+
+def test_redis_down_is_a_cache_miss_not_an_outage(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD))
+    qid = ask(question, REFERENCE).json()["question_id"]
+    wait_until(lambda: (s := status_of(qid)) and s["status"] == "validated", 120, what="validated")
+
+    supervisorctl("stop", "redis")
+    try:
+        body = health(stack).json()
+        assert body["status"] == "degraded" and body["checks"]["postgres"] == "ok"
+        resp = ask(question, REFERENCE)
+        assert resp.status_code == 200 and resp.json()["source"] == "database"
+    finally:
+        supervisorctl("start", "redis")
+    assert len(fake_llm.calls_for(question)) == 1
+
+
+def test_postgres_down_answers_503_and_writes_nothing_then_recovers(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD))
+    supervisorctl("stop", "postgres")
+    try:
+        resp = ask(question, REFERENCE)
+        assert resp.status_code == 503 and resp.json()["error"] == "database_unavailable"
+        assert health(stack).status_code == 503
+        assert requests.get(f"{stack.storage_url}/metrics", timeout=10).status_code == 503
+    finally:
+        supervisorctl("start", "postgres")
+    assert fake_llm.calls_for(question) == []  # nothing was published while the claim could not be written
+
+    wait_until(lambda: health(stack).status_code == 200, 60, what="storage_service healthy again")
+    qid = ask(question, REFERENCE).json()["question_id"]
+    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
+    assert final["status"] == "validated"
+    with psycopg.connect(stack.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM attempts WHERE question_id = %s", (qid,)).fetchone() == (1,)
+    assert requests.get(f"{stack.storage_url}/metrics", timeout=10).json()["db_errors"] >= 1
