@@ -28,10 +28,16 @@ log = logging.getLogger(__name__)
 DEFAULT_PARTITIONS = 3
 MAX_HANDLER_FAILURES = 5
 HANDLER_FAILURE_BACKOFF_S = 2.0
+MAX_TRANSIENT_BACKOFF_S = 30.0
 
 
 class DeliveryError(RuntimeError):
     """The broker did not acknowledge a produced message in time."""
+
+
+class TransientError(Exception):
+    """Raised by a handler when a dependency (database, broker) is unavailable: the message is
+    retried with backoff until it succeeds, and never dead-lettered for it."""
 
 
 class RetryLater(Exception):
@@ -245,7 +251,15 @@ def _handle_one(consumer, producer, msg, handler, paused, failures) -> None:
     except RetryLater as later:
         paused.hold(consumer, msg, later.due)
         return
-    except Exception as exc:  # noqa: BLE001 - any failure: retry the message, then dead-letter it
+    except (TransientError, DeliveryError) as exc:  # a dependency is down: wait it out, however long
+        count = failures.get(where, 0) + 1
+        failures[where] = count
+        delay = min(MAX_TRANSIENT_BACKOFF_S, HANDLER_FAILURE_BACKOFF_S * 2 ** (count - 1))
+        log.warning("dependency unavailable; will retry", extra={**context, "failures": count, "retry_in_s": delay,
+                                                                 "error": str(exc)})
+        paused.hold(consumer, msg, time.time() + delay)
+        return
+    except Exception as exc:  # noqa: BLE001 - anything else may be a poison message: retry, then dead-letter
         count = failures.get(where, 0) + 1
         failures[where] = count
         if count >= MAX_HANDLER_FAILURES:

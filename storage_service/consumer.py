@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from common import topics
-from common.kafka import ConfirmedProducer, StopFlag, run_consumer
+from common.kafka import ConfirmedProducer, StopFlag, TransientError, run_consumer
 from common.messages import PipelineMessage
 from storage_service.cache import AnswerCache, validated_result
 from storage_service.config import StorageSettings
@@ -17,7 +20,12 @@ OUTCOME_TOPICS = [topics.VALIDATED_RESPONSES, topics.LOW_QUALITY_RESPONSES, topi
 
 def outcome_handler(repo: Repository, cache: AnswerCache):
     def handle(message: PipelineMessage, _producer: ConfirmedProducer, topic: str) -> None:
-        status = TERMINAL_STATUS_BY_TOPIC[topic]
+        try:
+            store(message, TERMINAL_STATUS_BY_TOPIC[topic])
+        except (psycopg.OperationalError, PoolTimeout) as exc:  # the database is down, not the message bad
+            raise TransientError(f"database unavailable: {exc}") from exc
+
+    def store(message: PipelineMessage, status: str) -> None:
         if not repo.record_outcome(message, status):
             log.info("outcome of an older run ignored", extra={"question_id": message.question_id, "run": message.run})
             return

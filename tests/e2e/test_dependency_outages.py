@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import requests
 
-from tests.conftest import supervisorctl, unique, wait_until
+from tests.conftest import STATE, supervisorctl, unique, wait_until
 from tests.fake_ollama import Answer
 
 GOOD = "Santiago is the capital of Chile."
@@ -53,3 +55,29 @@ def test_postgres_down_answers_503_and_writes_nothing_then_recovers(stack, fake_
     with psycopg.connect(stack.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM attempts WHERE question_id = %s", (qid,)).fetchone() == (1,)
     assert requests.get(f"{stack.storage_url}/metrics", timeout=10).json()["db_errors"] >= 1
+
+
+def transient_failures_logged(question_id: str) -> int:
+    """How often storage-consumer reported the database unavailable for this question (its JSON log)."""
+    count = 0
+    for line in (STATE / "test-stack" / "logs" / "storage-consumer.log").read_text().splitlines():
+        if question_id in line and line.startswith("{"):
+            entry = json.loads(line)
+            count += entry.get("msg") == "dependency unavailable; will retry" and entry.get("question_id") == question_id
+    return count
+
+
+def test_outcome_arriving_while_the_database_is_down_waits_and_is_stored(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD, delay_s=2))
+    qid = ask(question, REFERENCE).json()["question_id"]
+    wait_until(lambda: fake_llm.calls_for(question), 30, what="the LLM call")
+    supervisorctl("stop", "postgres")
+    try:
+        # The scored outcome reaches storage-consumer, which must hold it as a transient failure
+        # (retried until the database is back; never dead-lettered: tests/unit/test_consumer_runner.py).
+        wait_until(lambda: transient_failures_logged(qid) >= 2, 90, interval_s=1, what="storage-consumer retrying")
+    finally:
+        supervisorctl("start", "postgres")
+    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
+    assert final["status"] == "validated"
