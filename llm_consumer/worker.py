@@ -9,12 +9,12 @@ from common.kafka import ConfirmedProducer, StopFlag, run_consumer
 from common.messages import LLMError, PipelineMessage
 from common.policy import FAILURE_TOPICS, classify_llm_failure
 from llm_consumer.config import LLMConsumerSettings
-from llm_consumer.ollama import LLMFailure, OllamaClient, build_prompt
+from llm_consumer.clients import LLMFailure, OllamaClient, OpenAIClient, build_prompt
 
 log = logging.getLogger(__name__)
 
 
-def llm_handler(client: OllamaClient):
+def llm_handler(client: OllamaClient | OpenAIClient):
     def handle(message: PipelineMessage, producer: ConfirmedProducer, _topic: str) -> None:
         context = {"question_id": message.question_id, "attempt": message.attempt, "retry_count": message.retry_count}
         body = client.request_body(build_prompt(message.question_text))
@@ -34,9 +34,17 @@ def llm_handler(client: OllamaClient):
     return handle
 
 
+def make_client(settings: LLMConsumerSettings) -> OllamaClient | OpenAIClient:
+    if settings.llm_backend == "openai":
+        return OpenAIClient(settings.openai_base_url, settings.llm_model, settings.llm_timeout_s,
+                            settings.llm_temperature, settings.llm_num_predict, settings.openai_api_key)
+    return OllamaClient(settings.ollama_url, settings.llm_model, settings.llm_timeout_s,
+                        {"temperature": settings.llm_temperature, "num_predict": settings.llm_num_predict})
+
+
 def run(settings: LLMConsumerSettings) -> None:
-    client = OllamaClient(settings.ollama_url, settings.llm_model, settings.llm_timeout_s,
-                          {"temperature": settings.llm_temperature, "num_predict": settings.llm_num_predict})
+    client = make_client(settings)
+    log.info("LLM backend", extra={"backend": settings.llm_backend, "url": client.url, "model": settings.llm_model})
     run_consumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=topics.GROUP_LLM_CONSUMER,

@@ -364,7 +364,8 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
                 f"-c listen_addresses=localhost -c unix_socket_directories={pg_socket_dir} -c max_connections=100",
                 layout, user="postgres" if running_as_root() else None, stopsignal="INT", stopwaitsecs=60),
         program("redis", f"redis-server {ROOT}/redis/redis.conf --port {redis_port} --bind 127.0.0.1 "
-                f"--dir {layout.path('redis')}", layout),
+                f"--dir {layout.path('redis')} --maxmemory {layout.env.get('REDIS_MAXMEMORY', '128mb')} "
+                f"--maxmemory-policy {layout.env.get('REDIS_MAXMEMORY_POLICY', 'allkeys-lru')}", layout),
         program("flink-jobmanager", f"{flink_bin}/jobmanager.sh start-foreground", layout, environment=flink_env, stopwaitsecs=60),
         program("flink-taskmanager", f"{flink_bin}/taskmanager.sh start-foreground", layout, environment=flink_env, stopwaitsecs=60),
         program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),

@@ -84,17 +84,25 @@ def make_handler(fake: FakeOllama):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
-            if self.path != "/api/generate":
+            if self.path == "/api/generate":
+                prompt = body.get("prompt", "")
+            elif self.path == "/v1/chat/completions":  # OpenAI-compatible, as Ollama also serves
+                prompt = (body.get("messages") or [{}])[-1].get("content", "")
+            else:
                 self._json(404, {"error": "not found"})
                 return
-            action = fake.next_action(body.get("prompt", ""))
+            action = fake.next_action(prompt)
             if action.delay_s:
                 time.sleep(action.delay_s)
             if isinstance(action, Fail):
                 self._json(action.status, {"error": f"scripted failure {action.status}"})
-                return
-            self._json(200, {"model": body.get("model", "fake"), "created_at": "2026-01-01T00:00:00Z",
-                             "response": action.text, "done": True, "done_reason": "stop"})
+            elif self.path == "/api/generate":
+                self._json(200, {"model": body.get("model", "fake"), "created_at": "2026-01-01T00:00:00Z",
+                                 "response": action.text, "done": True, "done_reason": "stop"})
+            else:
+                self._json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model", "fake"),
+                                 "choices": [{"index": 0, "finish_reason": "stop",
+                                              "message": {"role": "assistant", "content": action.text}}]})
 
     return Handler
 

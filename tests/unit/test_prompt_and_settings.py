@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from common.settings import PipelineSettings
-from llm_consumer.ollama import build_prompt
+from llm_consumer.clients import build_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
 
