@@ -51,7 +51,7 @@ class RetryLater(Exception):
 class ConfirmedProducer:
     """A producer whose `flush()` raises unless every message since the last flush was acknowledged."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+    def __init__(self, bootstrap_servers: str, client_id: str, message_timeout_s: float = 30.0) -> None:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap_servers,
@@ -59,9 +59,11 @@ class ConfirmedProducer:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 5,
-                "message.timeout.ms": 30000,
+                # After this the client gives up on a message for good and reports it failed.
+                "message.timeout.ms": int(message_timeout_s * 1000),
             }
         )
+        self.message_timeout_s = message_timeout_s
         self._failures: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -80,8 +82,13 @@ class ConfirmedProducer:
                 self._producer.poll(0.5)
         self._producer.poll(0)
 
-    def send_and_wait(self, topic: str, message: PipelineMessage, timeout_s: float) -> None:
-        """Produce one message and wait for its own acknowledgement (safe from many threads)."""
+    def send_and_wait(self, topic: str, message: PipelineMessage) -> None:
+        """Produce one message and wait for its own delivery report (safe from many threads).
+
+        The wait outlasts message.timeout.ms, so the report is definitive: a message reported
+        failed will not be delivered later behind the caller's back.
+        """
+        timeout_s = self.message_timeout_s + 5
         done = threading.Event()
         outcome: dict[str, KafkaError | None] = {}
 

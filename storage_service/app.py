@@ -71,8 +71,7 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
             with repo.claim(message) as claim:
                 if claim.is_new_run:
                     try:
-                        producer.send_and_wait(topics.QUESTIONS_PENDING, message.evolve(run=claim.run),
-                                               settings.kafka_produce_timeout_s)
+                        producer.send_and_wait(topics.QUESTIONS_PENDING, message.evolve(run=claim.run))
                     except DeliveryError as exc:  # the claim rolls back: nothing half-written
                         counters.add("kafka_errors")
                         log.error("could not publish question", extra={"question_id": question_id, "error": str(exc)})

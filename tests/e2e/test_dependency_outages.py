@@ -7,6 +7,7 @@ import json
 import psycopg
 import requests
 
+from common.messages import question_id_for
 from tests.conftest import STATE, supervisorctl, unique, wait_until
 from tests.fake_ollama import Answer
 
@@ -81,3 +82,25 @@ def test_outcome_arriving_while_the_database_is_down_waits_and_is_stored(stack, 
         supervisorctl("start", "postgres")
     final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
     assert final["status"] == "validated"
+
+
+def test_kafka_down_answers_503_and_publishes_nothing_then_recovers(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD))
+    qid = question_id_for(question)
+    supervisorctl("stop", "kafka")
+    try:
+        resp = ask(question, REFERENCE)
+        assert resp.status_code == 503 and resp.json()["error"] == "queue_unavailable"
+        assert status_of(qid) is None  # the claim was rolled back: no question left pending forever
+        assert health(stack).status_code == 503
+    finally:
+        supervisorctl("start", "kafka")
+
+    wait_until(lambda: health(stack).status_code == 200, 120, interval_s=1, what="storage_service healthy again")
+    assert ask(question, REFERENCE).status_code == 202
+    # Consumers reconnect and the Flink job restarts from its last checkpoint on its own.
+    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 240, interval_s=1,
+                       what="the outcome after Kafka came back")
+    assert final["status"] == "validated"
+    assert len(fake_llm.calls_for(question)) == 1  # the rejected request was never delivered later
