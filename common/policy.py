@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
 from common import topics
-
-if TYPE_CHECKING:
-    from common.messages import PipelineMessage, Score
+from common.messages import PipelineMessage, Score, ScoreRecord
 
 
 class Route(str, Enum):
@@ -63,10 +60,8 @@ class RetryPolicy:
         return retry_count >= self.max_retries
 
 
-def after_scoring(message: "PipelineMessage", score: "Score", threshold: float, max_attempts: int) -> tuple[str, "PipelineMessage"]:
+def after_scoring(message: PipelineMessage, score: Score, threshold: float, max_attempts: int) -> tuple[str, PipelineMessage]:
     """The topic and message that follow a scored answer; the score joins the message's history."""
-    from common.messages import ScoreRecord
-
     record = ScoreRecord(attempt=message.attempt, f1=score.f1, precision=score.precision, recall=score.recall,
                          llm_answer=message.llm_answer or "")
     history = [*message.score_history, record]

@@ -8,8 +8,8 @@ from common import topics
 from common.kafka import ConfirmedProducer, StopFlag, run_consumer
 from common.messages import LLMError, PipelineMessage
 from common.policy import FAILURE_TOPICS, classify_llm_failure
-from llm_consumer.config import LLMConsumerSettings
 from llm_consumer.clients import LLMFailure, OllamaClient, OpenAIClient, build_prompt
+from llm_consumer.config import LLMConsumerSettings
 
 log = logging.getLogger(__name__)
 

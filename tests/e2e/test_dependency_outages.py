@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 import psycopg
 import requests
+from confluent_kafka import Consumer
 
+from common import topics
 from common.messages import question_id_for
 from tests.conftest import STATE, supervisorctl, unique, wait_until
 from tests.fake_ollama import Answer
@@ -104,3 +108,35 @@ def test_kafka_down_answers_503_and_publishes_nothing_then_recovers(stack, fake_
                        what="the outcome after Kafka came back")
     assert final["status"] == "validated"
     assert len(fake_llm.calls_for(question)) == 1  # the rejected request was never delivered later
+
+
+def answer_reached_flink(stack, question_id: str) -> bool:
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topics.LLM_RESPONSES_SUCCESS])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error() and msg.key() == question_id.encode():
+                return True
+        return False
+    finally:
+        consumer.close()
+
+
+def test_scorer_down_holds_answers_without_inventing_a_score(stack, fake_llm, ask, status_of):
+    question = unique("What is the capital of Chile?")
+    fake_llm.script(question, Answer(GOOD))
+    supervisorctl("stop", "score-validator")
+    try:
+        qid = ask(question, REFERENCE).json()["question_id"]
+        wait_until(lambda: answer_reached_flink(stack, qid), 60, what="the answer on llm-responses-success")
+        status = status_of(qid)
+        assert status["status"] == "pending" and status["score_history"] == []  # no score without a scorer
+    finally:
+        supervisorctl("start", "score-validator")
+    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 240, interval_s=1,
+                       what="the outcome once the scorer is back")
+    assert final["status"] == "validated" and len(final["score_history"]) == 1
+    assert len(fake_llm.calls_for(question)) == 1
