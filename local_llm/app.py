@@ -19,6 +19,11 @@ from local_llm.model import Generation, LocalModel, Options
 log = logging.getLogger(__name__)
 VERSION = "0.1.0-yahoo-llm"
 MAX_BODY_BYTES = 1_000_000
+BUSY_MESSAGE = "server busy, please try again. maximum pending requests exceeded"  # Ollama's own words
+
+
+def busy() -> ApiError:
+    return ApiError(503, "queue_full", BUSY_MESSAGE)
 
 
 class RequestQueue:
@@ -33,7 +38,7 @@ class RequestQueue:
     def slot(self) -> Iterator[None]:
         with self._lock:
             if self.pending >= self.capacity:
-                raise ApiError(503, "server busy, please try again. maximum pending requests exceeded", "queue full")
+                raise busy()
             self.pending += 1
         try:
             yield
@@ -54,8 +59,8 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
     name = settings.local_llm_model_name
 
     @app.errorhandler(ApiError)
-    def _ollama_error(exc: ApiError):  # Ollama's error shape is {"error": "..."}
-        return jsonify(error=exc.error if exc.status == 503 else exc.message), exc.status
+    def _ollama_error(exc: ApiError):  # Ollama's error shape is {"error": "<message>"}
+        return jsonify(error=exc.message), exc.status
 
     def options_of(body: dict) -> Options:
         try:
@@ -86,7 +91,7 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
 
         if stream:
             if queue.pending >= queue.capacity:  # refuse before the 200 status line goes out
-                raise ApiError(503, "server busy, please try again. maximum pending requests exceeded", "queue full")
+                raise busy()
             return Response(generate(), mimetype="application/x-ndjson")
         *_, last = generate()
         return Response(last, mimetype="application/json")
