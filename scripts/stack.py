@@ -90,6 +90,10 @@ class Layout:
         return int(self.env.get("SCORE_VALIDATOR_PORT", "8000"))
 
     @property
+    def score_validator_url(self) -> str:
+        return self.env.get("SCORE_VALIDATOR_URL") or f"http://localhost:{self.scorer_port}"
+
+    @property
     def kafka_ui_port(self) -> int:
         return int(self.env.get("KAFKA_UI_PORT", "8080"))
 
@@ -317,8 +321,6 @@ SERVICES = ["score-validator", "storage-service", "storage-consumer", "llm-consu
             "retry-overload-consumer", "retry-quota-consumer", "kafka-ui"]
 EMBEDDED_LLM = "local-llm"
 BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
-
-
 EMBEDDED_MODEL_NAME = "smollm2:135m"
 
 
@@ -472,7 +474,8 @@ def deploy_flink_job(layout: Layout) -> None:
 
     # The `flink` client reads the cluster's config; its temp folders stay in the stack's folder.
     os.environ.update({"FLINK_CONF_DIR": str(layout.path("flink", "conf")), "TMPDIR": str(layout.path("flink", "tmp")),
-                       "FLINK_LOG_DIR": str(layout.path("logs")), "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap})
+                       "FLINK_LOG_DIR": str(layout.path("logs")), "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
+                       "SCORE_VALIDATOR_URL": layout.score_validator_url})
     submit(f"http://localhost:{layout.flink_rest_port}", str(pyflink_home() / "bin" / "flink"), 120,
            layout.path("logs", "flink-submit.log"))
 
@@ -525,7 +528,7 @@ def up(layout: Layout, platform_only: bool) -> None:
     start_programs(layout, SERVICES)
     if layout.env.get("SCORE_VALIDATOR_BACKUP_CONSUMER", "").lower() in {"1", "true", "yes"}:
         start_programs(layout, [BACKUP_SCORER])
-    wait_for("score_validator", lambda: http_ok(f"http://localhost:{layout.scorer_port}/health"), 240, interval_s=1, layout=layout)
+    wait_for("score_validator", lambda: http_ok(f"{layout.score_validator_url}/health"), 240, interval_s=1, layout=layout)
     wait_for("storage_service", lambda: http_ok(f"http://localhost:{layout.storage_port}/health"), 60, layout=layout)
     wait_for("Kafka browser", lambda: http_ok(f"http://localhost:{layout.kafka_ui_port}/health"), 60, layout=layout)
     deploy_flink_job(layout)
@@ -546,7 +549,7 @@ def print_summary(layout: Layout, platform_only: bool) -> None:
     if not platform_only:
         lines += [
             f"storage_service  http://localhost:{layout.storage_port}  (POST /query, GET /status/<id>, /metrics, /health)",
-            f"score_validator  http://localhost:{layout.scorer_port}  (GET /health, POST /score, POST /score/batch)",
+            f"score_validator  {layout.score_validator_url}  (GET /health, POST /score, POST /score/batch)",
             f"Kafka browser    http://localhost:{layout.kafka_ui_port}  (topics, consumer lag, latest messages)",
             f"LLM (Ollama API) {layout.ollama_url}",
         ]
