@@ -51,7 +51,7 @@ def bench_scorer() -> dict:
         torch.set_num_threads(threads)
         scorer.score(cands[:4], refs[:4], batch_size=1)  # warm-up
         for batch_size in (1, 16, 64):
-            seconds = timed(lambda: scorer.score(cands, refs, batch_size=batch_size), repeat=3)
+            seconds = timed(lambda size=batch_size: scorer.score(cands, refs, batch_size=size), repeat=3)
             results[f"threads{threads}_batch{batch_size}_pairs_per_s"] = round(len(cands) / seconds, 1)
     return results
 

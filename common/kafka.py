@@ -295,7 +295,7 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str] = topics.ALL_TOPI
     wanted = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
     if not wanted:
         return []
-    for name, future in admin.create_topics(wanted, request_timeout=15).items():
+    for future in admin.create_topics(wanted, request_timeout=15).values():
         try:
             future.result()
         except KafkaException as exc:

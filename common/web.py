@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
-
 from datetime import date, datetime
+from typing import Any, Callable
 
 from flask import Flask, Request, jsonify
 from flask.json.provider import DefaultJSONProvider

@@ -15,8 +15,8 @@ import sys
 import tempfile
 import time
 import zipfile
-from urllib.parse import urlparse
 from pathlib import Path
+from urllib.parse import urlparse
 
 from common.flink_rest import SCORE_JOB_NAME as JOB_NAME
 from common.flink_rest import list_jobs, score_job_active

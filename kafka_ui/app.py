@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from flask import Flask, jsonify, render_template_string, request
 from confluent_kafka import KafkaException
+from flask import Flask, jsonify, render_template_string, request
 
 from common.web import ApiError, configure_json_api
 from kafka_ui.browser import KafkaBrowser

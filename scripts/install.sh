@@ -40,11 +40,11 @@ install_system_packages() {
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3; do
     [ -n "$candidate" ] && command -v "$candidate" >/dev/null || continue
-    if "$candidate" -c 'import sys; sys.exit(0 if (3, 9) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+    if "$candidate" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)'; then
       echo "$candidate"; return
     fi
   done
-  say "need Python 3.9-3.12 (PyFlink ${FLINK_VERSION} supports no other); set PYTHON=/path/to/python"; exit 1
+  say "need Python 3.10-3.12 (PyFlink ${FLINK_VERSION} supports up to 3.12); set PYTHON=/path/to/python"; exit 1
 }
 
 install_venv() {

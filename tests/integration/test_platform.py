@@ -10,10 +10,10 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+import redis
 from common import topics
 from common.flink_rest import SCORE_JOB_NAME, list_jobs
 from tests.conftest import STATE, wait_until

@@ -3,7 +3,15 @@ import statistics
 
 import pytest
 
-from traffic_generator.generator import SAMPLE_CSV, Outcome, Question, Summary, arrival_offsets, choose_requests, read_questions
+from traffic_generator.generator import (
+    SAMPLE_CSV,
+    Outcome,
+    Question,
+    Summary,
+    arrival_offsets,
+    choose_requests,
+    read_questions,
+)
 
 
 def test_sample_csv_reads_in_the_yahoo_layout():
