@@ -59,6 +59,29 @@ def wait_until(check, timeout_s: float, interval_s: float = 0.25, what: str = "c
     pytest.fail(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
 
 
+def first_message(bootstrap: str, topic: str, matches, timeout_s: float, what: str):
+    """The first message on `topic` (read from the start, outside any pipeline group) that `matches`."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    try:
+        def poll():
+            msg = consumer.poll(0.5)
+            return msg if msg is not None and not msg.error() and matches(msg) else None
+
+        return wait_until(poll, timeout_s, interval_s=0, what=what)
+    finally:
+        consumer.close()
+
+
+def terminal(status_of, question_id: str, timeout_s: float = 120) -> dict:
+    """Wait for a question to leave `pending`; returns its /status body."""
+    return wait_until(lambda: (s := status_of(question_id)) and s["status"] != "pending" and s,
+                      timeout_s, what=f"terminal status of {question_id}")
+
+
 def unique(text: str) -> str:
     """A question nobody asked before, with a marker the fake LLM can match."""
     return f"{text} [{uuid.uuid4().hex[:10]}]"

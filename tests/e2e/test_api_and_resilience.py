@@ -6,10 +6,10 @@ import json
 import uuid
 
 import requests
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from common import topics
-from tests.conftest import unique, wait_until
+from tests.conftest import first_message, unique, wait_until
 from tests.fake_ollama import Answer
 
 
@@ -53,20 +53,10 @@ def test_garbage_goes_to_dead_letter_and_the_consumer_keeps_going(stack, fake_ll
     producer.produce(topics.QUESTIONS_PENDING, key=b"not-a-question", value=garbage)
     producer.flush(10)
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{marker}",
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([topics.DEAD_LETTER])
-    try:
-        def find():
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                return None
-            envelope = json.loads(msg.value())
-            return envelope if envelope.get("raw_text") == garbage.decode() else None
-
-        envelope = wait_until(find, 60, interval_s=0, what="the garbage on dead-letter")
-    finally:
-        consumer.close()
+    found = first_message(stack.kafka_bootstrap, topics.DEAD_LETTER,
+                          lambda msg: json.loads(msg.value()).get("raw_text") == garbage.decode(), 60,
+                          what="the garbage on dead-letter")
+    envelope = json.loads(found.value())
     assert envelope["source_topic"] == topics.QUESTIONS_PENDING
     assert envelope["reason"].startswith("unparseable")
 

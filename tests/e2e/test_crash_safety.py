@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from tests.conftest import supervisorctl, unique, wait_until
+from tests.conftest import supervisorctl, terminal, unique, wait_until
 from tests.fake_ollama import Answer
 
 GOOD = "Santiago is the capital of Chile."
@@ -26,7 +26,7 @@ def test_sigterm_finishes_the_call_in_hand_then_exits(stack, fake_llm, ask, stat
         supervisorctl("stop", "llm-consumer:*")  # SIGTERM, waits for the processes to exit
     finally:
         supervisorctl("start", "llm-consumer:*")
-    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
+    final = terminal(status_of, qid, 120)
     assert final["status"] == "validated"
     assert len(fake_llm.calls_for(question)) == 1  # finished and committed before exiting: no redelivery
 
@@ -38,7 +38,7 @@ def test_sigkill_mid_call_is_redelivered_after_restart(stack, fake_llm, ask, sta
     wait_until(lambda: fake_llm.calls_for(question), 30, what="the LLM call to start")
     for pid in llm_consumer_pids():
         os.kill(pid, signal.SIGKILL)  # supervisord restarts them
-    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 180, what="the outcome")
+    final = terminal(status_of, qid, 180)
     assert final["status"] == "validated"
     assert len(fake_llm.calls_for(question)) >= 2  # the uncommitted message was delivered again
     wait_until(lambda: len(llm_consumer_pids()) == 2, 60, what="both consumers back")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
-import uuid
 
 import psycopg
 import requests
-from confluent_kafka import Consumer
 
 from common import topics
 from common.messages import question_id_for
-from tests.conftest import STATE, supervisorctl, unique, wait_until
+from tests.conftest import STATE, first_message, supervisorctl, terminal, unique, wait_until
 from tests.fake_ollama import Answer
 
 GOOD = "Santiago is the capital of Chile."
@@ -55,7 +52,7 @@ def test_postgres_down_answers_503_and_writes_nothing_then_recovers(stack, fake_
 
     wait_until(lambda: health(stack).status_code == 200, 60, what="storage_service healthy again")
     qid = ask(question, REFERENCE).json()["question_id"]
-    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
+    final = terminal(status_of, qid, 120)
     assert final["status"] == "validated"
     with psycopg.connect(stack.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM attempts WHERE question_id = %s", (qid,)).fetchone() == (1,)
@@ -84,7 +81,7 @@ def test_outcome_arriving_while_the_database_is_down_waits_and_is_stored(stack, 
         wait_until(lambda: transient_failures_logged(qid) >= 2, 90, interval_s=1, what="storage-consumer retrying")
     finally:
         supervisorctl("start", "postgres")
-    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 120, what="the outcome")
+    final = terminal(status_of, qid, 120)
     assert final["status"] == "validated"
 
 
@@ -104,25 +101,9 @@ def test_kafka_down_answers_503_and_publishes_nothing_then_recovers(stack, fake_
     wait_until(lambda: health(stack).status_code == 200, 120, interval_s=1, what="storage_service healthy again")
     assert ask(question, REFERENCE).status_code == 202
     # Consumers reconnect and the Flink job restarts from its last checkpoint on its own.
-    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 240, interval_s=1,
-                       what="the outcome after Kafka came back")
+    final = terminal(status_of, qid, 240)
     assert final["status"] == "validated"
     assert len(fake_llm.calls_for(question)) == 1  # the rejected request was never delivered later
-
-
-def answer_reached_flink(stack, question_id: str) -> bool:
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([topics.LLM_RESPONSES_SUCCESS])
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and not msg.error() and msg.key() == question_id.encode():
-                return True
-        return False
-    finally:
-        consumer.close()
 
 
 def test_scorer_down_holds_answers_without_inventing_a_score(stack, fake_llm, ask, status_of):
@@ -131,12 +112,12 @@ def test_scorer_down_holds_answers_without_inventing_a_score(stack, fake_llm, as
     supervisorctl("stop", "score-validator")
     try:
         qid = ask(question, REFERENCE).json()["question_id"]
-        wait_until(lambda: answer_reached_flink(stack, qid), 60, what="the answer on llm-responses-success")
+        first_message(stack.kafka_bootstrap, topics.LLM_RESPONSES_SUCCESS, lambda msg: msg.key() == qid.encode(), 60,
+                      what="the answer on llm-responses-success")
         status = status_of(qid)
         assert status["status"] == "pending" and status["score_history"] == []  # no score without a scorer
     finally:
         supervisorctl("start", "score-validator")
-    final = wait_until(lambda: (s := status_of(qid)) and s["status"] != "pending" and s, 240, interval_s=1,
-                       what="the outcome once the scorer is back")
+    final = terminal(status_of, qid, 240)
     assert final["status"] == "validated" and len(final["score_history"]) == 1
     assert len(fake_llm.calls_for(question)) == 1

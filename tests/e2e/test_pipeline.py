@@ -11,18 +11,12 @@ from datetime import datetime
 import psycopg
 import requests
 
-from tests.conftest import unique, wait_until
+from tests.conftest import terminal, unique
 from tests.fake_ollama import Answer, Fail
 
 REFERENCE = "The capital of Chile is Santiago."
 GOOD = "Santiago is the capital of Chile."
 BAD = "Bananas are a yellow fruit rich in potassium that grows in tropical countries."
-
-
-def terminal(status_of, question_id: str, timeout_s: float = 120) -> dict:
-    return wait_until(
-        lambda: (s := status_of(question_id)) and s["status"] != "pending" and s,
-        timeout_s, what=f"terminal status of {question_id}")
 
 
 def test_good_answer_is_validated_on_first_attempt(stack, fake_llm, ask, status_of):
