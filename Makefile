@@ -4,7 +4,7 @@ STATE ?= $(or $(YAHOO_LLM_STATE_DIR),$(CURDIR)/.state)
 export YAHOO_LLM_STATE_DIR := $(STATE)
 PY := $(STATE)/venv/bin/python
 
-.PHONY: install up down status test test-unit lint-docker bench logs
+.PHONY: install up down status logs lint lint-docker test test-unit bench
 
 install:
 	@bash scripts/install.sh
@@ -20,8 +20,23 @@ down:
 status:
 	@$(PY) scripts/stack.py status
 
+# Follows every log of the running stack (YAHOO_LLM_STACK names another).
+logs:
+	@tail -n 20 -F $(STATE)/$(or $(YAHOO_LLM_STACK),stack)/logs/*.log
+
+# Code health: ruff (rules and format), mypy on the packages, and the import contract (pyproject.toml).
+lint: install
+	@$(STATE)/venv/bin/ruff check .
+	@$(STATE)/venv/bin/ruff format --check .
+	@$(STATE)/venv/bin/mypy
+	@$(STATE)/venv/bin/lint-imports
+
+# The Docker fleet's static checks (compose config, dclint, hadolint); no engine needed.
+lint-docker: install
+	@$(PY) -m pytest -q tests/static
+
 # Unit, integration and e2e tests share one test stack; the smoke test then runs `make up` itself.
-test: install
+test: install lint
 	@$(PY) -m pytest tests/unit tests/static tests/integration tests/e2e
 	@$(PY) -m pytest tests/smoke
 

@@ -14,6 +14,7 @@ import resource
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +30,8 @@ def bench_schema() -> dict:
     from common.messages import PipelineMessage
 
     msg = PipelineMessage.new("What is the capital of Chile?", "The capital of Chile is Santiago.").evolve(
-        llm_answer="Santiago is the capital of Chile." * 5)
+        llm_answer="Santiago is the capital of Chile." * 5
+    )
     n = 5000
     seconds = timed(lambda: [PipelineMessage.from_bytes(msg.to_bytes()) for _ in range(n)])
     return {"round_trips_per_s": round(n / seconds)}
@@ -46,7 +48,7 @@ def bench_scorer() -> dict:
     cands = [r["correct"] for r in rows] + [r["wrong"] for r in rows]
     refs = [r["reference"] for r in rows] * 2
     scorer = BERTScorer(model_type=resolve_model("all-MiniLM-L6-v2"), num_layers=6, lang="en", device="cpu")
-    results = {"pairs": len(cands)}
+    results: dict[str, float] = {"pairs": len(cands)}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         scorer.score(cands[:4], refs[:4], batch_size=1)  # warm-up
@@ -82,8 +84,10 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(BENCHES))
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     args = parser.parse_args()
-    report = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}}
+    report: dict[str, Any] = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
     for name in args.only.split(","):
         print(f"[bench] {name} ...", flush=True)
         report[name] = BENCHES[name]()

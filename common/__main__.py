@@ -27,7 +27,7 @@ def main() -> None:
             return
         except KafkaException as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"Kafka at {settings.kafka_bootstrap_servers} not reachable: {exc}")
+                raise SystemExit(f"Kafka at {settings.kafka_bootstrap_servers} not reachable: {exc}") from exc
             time.sleep(2)
 
 

@@ -14,8 +14,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -135,6 +135,14 @@ def dead_letter_payload(msg: Message, reason: str) -> bytes:
 Handler = Callable[[PipelineMessage, ConfirmedProducer, str], None]
 
 
+def position(msg: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed message (the client types them as optional)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("not a consumed message: it has no topic, partition or offset")
+    return topic, partition, offset
+
+
 @dataclass
 class _PausedPartitions:
     """Partitions held back until a time; resumed by the poll loop, so the session stays alive."""
@@ -142,10 +150,11 @@ class _PausedPartitions:
     due: dict[tuple[str, int], float] = field(default_factory=dict)
 
     def hold(self, consumer: Consumer, msg: Message, until: float) -> None:
-        tp = TopicPartition(msg.topic(), msg.partition(), msg.offset())
+        topic, partition, offset = position(msg)
+        tp = TopicPartition(topic, partition, offset)
         consumer.pause([tp])
         consumer.seek(tp)  # the held message is delivered again on resume
-        self.due[(msg.topic(), msg.partition())] = until
+        self.due[(topic, partition)] = until
 
     def resume_due(self, consumer: Consumer, now: float) -> None:
         ready = [key for key, until in self.due.items() if until <= now]
@@ -179,7 +188,7 @@ class StopFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
 
-    def install(self) -> "StopFlag":
+    def install(self) -> StopFlag:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._event.set())
         return self
@@ -221,7 +230,9 @@ def run_consumer(
     paused = _PausedPartitions()
     failures: dict[tuple[str, int, int], int] = {}
     consumer = Consumer(consumer_config(bootstrap_servers, group_id, client_id))
-    consumer.subscribe(source_topics, on_revoke=lambda c, parts: paused.forget(parts), on_lost=lambda c, parts: paused.forget(parts))
+    consumer.subscribe(
+        source_topics, on_revoke=lambda c, parts: paused.forget(parts), on_lost=lambda c, parts: paused.forget(parts)
+    )
     log.info("consumer started", extra={"group": group_id, "topics": source_topics})
     try:
         while not stop.is_set():
@@ -230,9 +241,10 @@ def run_consumer(
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", extra={"error": str(msg.error())})
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", extra={"error": str(error)})
                 continue
             _handle_one(consumer, producer, msg, handler, paused, failures)
     finally:
@@ -262,11 +274,13 @@ def _handle_one(consumer, producer, msg, handler, paused, failures) -> None:
         count = failures.get(where, 0) + 1
         failures[where] = count
         delay = min(MAX_TRANSIENT_BACKOFF_S, HANDLER_FAILURE_BACKOFF_S * 2 ** (count - 1))
-        log.warning("dependency unavailable; will retry", extra={**context, "failures": count, "retry_in_s": delay,
-                                                                 "error": str(exc)})
+        log.warning(
+            "dependency unavailable; will retry",
+            extra={**context, "failures": count, "retry_in_s": delay, "error": str(exc)},
+        )
         paused.hold(consumer, msg, time.time() + delay)
         return
-    except Exception as exc:  # noqa: BLE001 - anything else may be a poison message: retry, then dead-letter
+    except Exception as exc:
         count = failures.get(where, 0) + 1
         failures[where] = count
         if count >= MAX_HANDLER_FAILURES:
@@ -288,7 +302,9 @@ def _dead_letter(consumer: Consumer, producer: ConfirmedProducer, msg: Message, 
     consumer.commit(message=msg, asynchronous=False)
 
 
-def ensure_topics(bootstrap_servers: str, names: Iterable[str] = topics.ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS) -> list[str]:
+def ensure_topics(
+    bootstrap_servers: str, names: Iterable[str] = topics.ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS
+) -> list[str]:
     """Create missing topics; returns the ones created. Existing topics are left as they are."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     existing = set(admin.list_topics(timeout=15).topics)
@@ -302,4 +318,3 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str] = topics.ALL_TOPI
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return [t.topic for t in wanted]
-

@@ -82,7 +82,7 @@ class PipelineMessage(BaseModel):
     updated_at: datetime = Field(default_factory=utc_now)
 
     @classmethod
-    def new(cls, question_text: str, original_answer: str = "") -> "PipelineMessage":
+    def new(cls, question_text: str, original_answer: str = "") -> PipelineMessage:
         return cls(
             question_id=question_id_for(question_text),
             question_text=question_text,
@@ -90,7 +90,7 @@ class PipelineMessage(BaseModel):
         )
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> "PipelineMessage":
+    def from_bytes(cls, raw: bytes | None) -> PipelineMessage:
         if raw is None:
             raise MessageError("empty message value")
         try:
@@ -100,7 +100,7 @@ class PipelineMessage(BaseModel):
         return cls.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "PipelineMessage":
+    def from_dict(cls, data: Any) -> PipelineMessage:
         if not isinstance(data, dict):
             raise MessageError("message is not a JSON object")
         version = data.get("schema_version")
@@ -121,7 +121,7 @@ class PipelineMessage(BaseModel):
     def key(self) -> bytes:
         return self.question_id.encode("utf-8")
 
-    def evolve(self, **changes: Any) -> "PipelineMessage":
+    def evolve(self, **changes: Any) -> PipelineMessage:
         """A copy with `changes` applied and `updated_at` refreshed; the original is untouched."""
         data = self.model_dump()
         data.update(changes)

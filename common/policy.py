@@ -60,13 +60,27 @@ class RetryPolicy:
         return retry_count >= self.max_retries
 
 
-def after_scoring(message: PipelineMessage, score: Score, threshold: float, max_attempts: int) -> tuple[str, PipelineMessage]:
+def after_scoring(
+    message: PipelineMessage, score: Score, threshold: float, max_attempts: int
+) -> tuple[str, PipelineMessage]:
     """The topic and message that follow a scored answer; the score joins the message's history."""
-    record = ScoreRecord(attempt=message.attempt, f1=score.f1, precision=score.precision, recall=score.recall,
-                         llm_answer=message.llm_answer or "")
+    record = ScoreRecord(
+        attempt=message.attempt,
+        f1=score.f1,
+        precision=score.precision,
+        recall=score.recall,
+        llm_answer=message.llm_answer or "",
+    )
     history = [*message.score_history, record]
     route = route_by_score(score.f1, message.attempt, threshold, max_attempts)
     if route is Route.REGENERATE:
-        return route.value, message.evolve(score=score, score_history=history, attempt=message.attempt + 1,
-                                           retry_count=0, llm_answer=None, error=None, not_before=None)
+        return route.value, message.evolve(
+            score=score,
+            score_history=history,
+            attempt=message.attempt + 1,
+            retry_count=0,
+            llm_answer=None,
+            error=None,
+            not_before=None,
+        )
     return route.value, message.evolve(score=score, score_history=history)

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import sys
-from typing import List
 
 from pyflink.common import Row, Time, Types, WatermarkStrategy
 from pyflink.common.serialization import SerializationSchema, SimpleStringSchema
@@ -60,7 +59,7 @@ class ScoreAndRoute(AsyncFunction):
         self.max_wait_s = settings.scorer_max_wait_s
         self.max_chars = settings.scorer_max_text_chars
 
-    async def async_invoke(self, raw: str) -> List[Row]:
+    async def async_invoke(self, raw: str) -> list[Row]:
         from common.messages import MessageError, PipelineMessage
         from common.policy import after_scoring
 
@@ -89,14 +88,16 @@ class ScoreAndRoute(AsyncFunction):
             try:
                 # A client per call: async_invoke runs on another thread than open().
                 timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-                async with aiohttp.ClientSession(timeout=timeout) as session:
-                    async with session.post(self.url, json=payload) as resp:
-                        body = await resp.text()
-                        if resp.status == 200:
-                            return Score.model_validate_json(body)
-                        if 400 <= resp.status < 500 and resp.status not in (408, 429):
-                            raise PermanentScoringError(f"HTTP {resp.status}: {body[:300]}")
-                        last_error = f"HTTP {resp.status}"
+                async with (
+                    aiohttp.ClientSession(timeout=timeout) as session,
+                    session.post(self.url, json=payload) as resp,
+                ):
+                    body = await resp.text()
+                    if resp.status == 200:
+                        return Score.model_validate_json(body)
+                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        raise PermanentScoringError(f"HTTP {resp.status}: {body[:300]}")
+                    last_error = f"HTTP {resp.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             if loop.time() + delay > deadline:
@@ -105,13 +106,18 @@ class ScoreAndRoute(AsyncFunction):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    def timeout(self, value: str) -> List[Row]:
+    def timeout(self, value: str) -> list[Row]:
         raise TimeoutError("scoring did not finish in time; the task restarts from its last checkpoint")
 
 
 def dead_letter_row(raw: str, key: str | None, reason: str) -> Row:
-    envelope = {"schema_version": 1, "reason": reason, "source_topic": topics.LLM_RESPONSES_SUCCESS,
-                "raw_text": raw, "stage": "flink_job"}
+    envelope = {
+        "schema_version": 1,
+        "reason": reason,
+        "source_topic": topics.LLM_RESPONSES_SUCCESS,
+        "raw_text": raw,
+        "stage": "flink_job",
+    }
     return Row(topics.DEAD_LETTER, key, json.dumps(envelope, ensure_ascii=False))
 
 
@@ -133,13 +139,17 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: JobSettings) -> No
         .build()
     )
     answers = env.from_source(source, WatermarkStrategy.no_watermarks(), "llm-responses-success").uid("kafka-source")
-    routed = AsyncDataStream.unordered_wait(
-        answers,
-        ScoreAndRoute(settings),
-        Time.seconds(int(settings.scorer_max_wait_s + 2 * settings.scorer_request_timeout_s)),
-        capacity=settings.scorer_concurrency,
-        output_type=OUTPUT_TYPE,
-    ).name("score and route").uid("score-and-route")
+    routed = (
+        AsyncDataStream.unordered_wait(
+            answers,
+            ScoreAndRoute(settings),
+            Time.seconds(int(settings.scorer_max_wait_s + 2 * settings.scorer_request_timeout_s)),
+            capacity=settings.scorer_concurrency,
+            output_type=OUTPUT_TYPE,
+        )
+        .name("score and route")
+        .uid("score-and-route")
+    )
     sink = (
         KafkaSink.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap_servers)
@@ -165,8 +175,13 @@ def main(argv: list[str]) -> None:
     env.set_parallelism(settings.flink_parallelism)
     env.enable_checkpointing(settings.flink_checkpoint_interval_ms, CheckpointingMode.AT_LEAST_ONCE)
     build_pipeline(env, settings)
-    log.info("submitting %s: threshold %s, max attempts %s, scorer %s", JOB_NAME, settings.quality_threshold,
-             settings.max_attempts, settings.score_validator_url)
+    log.info(
+        "submitting %s: threshold %s, max attempts %s, scorer %s",
+        JOB_NAME,
+        settings.quality_threshold,
+        settings.max_attempts,
+        settings.score_validator_url,
+    )
     env.execute_async(JOB_NAME)
 
 

@@ -53,10 +53,18 @@ def submit(rest_url: str, flink_bin: str, wait_s: float, log_file: Path | None =
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         rest = urlparse(rest_url)
         # Given explicitly: in a container the client's own config file may still say localhost.
-        options = [f"-Drest.address={rest.hostname}", f"-Drest.port={rest.port or 8081}",
-                   f"-Dpython.client.executable={sys.executable}"]
-        result = subprocess.run([flink_bin, "run", *options, "-d", "-py", str(ROOT / "flink_job" / "job.py"),
-                                 "-pyfs", str(deps)], env=env, capture_output=True, text=True, timeout=300)
+        options = [
+            f"-Drest.address={rest.hostname}",
+            f"-Drest.port={rest.port or 8081}",
+            f"-Dpython.client.executable={sys.executable}",
+        ]
+        result = subprocess.run(
+            [flink_bin, "run", *options, "-d", "-py", str(ROOT / "flink_job" / "job.py"), "-pyfs", str(deps)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     output = result.stdout + result.stderr
     if log_file:
         log_file.write_text(output)
@@ -72,10 +80,13 @@ def submit(rest_url: str, flink_bin: str, wait_s: float, log_file: Path | None =
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="flink_job.submit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rest-url", default=os.environ.get("FLINK_REST_URL",
-                                                             f"http://localhost:{os.environ.get('FLINK_REST_PORT', '8081')}"))
+    parser = argparse.ArgumentParser(
+        prog="flink_job.submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rest-url",
+        default=os.environ.get("FLINK_REST_URL", f"http://localhost:{os.environ.get('FLINK_REST_PORT', '8081')}"),
+    )
     parser.add_argument("--flink-bin", default=os.environ.get("FLINK_BIN"))
     parser.add_argument("--wait-s", type=float, default=120)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

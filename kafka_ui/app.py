@@ -15,7 +15,8 @@ PAGE = """<!doctype html>
 <meta http-equiv="refresh" content="10">
 <style>
  body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
- table { border-collapse: collapse; margin-bottom: 2rem; } th, td { padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }
+ table { border-collapse: collapse; margin-bottom: 2rem; }
+ th, td { padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }
  td.num { text-align: right; font-variant-numeric: tabular-nums; } .lag { color: #b00; font-weight: bold; }
  pre { background: #f6f6f6; padding: .5rem; max-height: 16rem; overflow: auto; margin: 0; }
  a { color: #0645ad; }
@@ -25,16 +26,20 @@ PAGE = """<!doctype html>
 {% if topic is none %}
 <h2>Topics</h2>
 <table><tr><th>topic</th><th>partitions</th><th>messages</th></tr>
-{% for t in topics %}<tr><td><a href="/topics/{{ t.name }}">{{ t.name }}</a></td><td class="num">{{ t.partitions }}</td><td class="num">{{ t.messages }}</td></tr>{% endfor %}
+{% for t in topics %}<tr><td><a href="/topics/{{ t.name }}">{{ t.name }}</a></td>
+<td class="num">{{ t.partitions }}</td><td class="num">{{ t.messages }}</td></tr>{% endfor %}
 </table>
 <h2>Consumer groups</h2>
 <table><tr><th>group</th><th>topic</th><th>committed</th><th>end</th><th>lag</th></tr>
-{% for g in lags %}<tr><td>{{ g.group }}</td><td>{{ g.topic }}</td><td class="num">{{ g.committed }}</td><td class="num">{{ g.end }}</td><td class="num {{ 'lag' if g.lag else '' }}">{{ g.lag }}</td></tr>{% endfor %}
+{% for g in lags %}<tr><td>{{ g.group }}</td><td>{{ g.topic }}</td><td class="num">{{ g.committed }}</td>
+<td class="num">{{ g.end }}</td><td class="num {{ 'lag' if g.lag else '' }}">{{ g.lag }}</td></tr>{% endfor %}
 </table>
 {% else %}
 <h2>Latest {{ records|length }} messages</h2>
 <table><tr><th>time (UTC)</th><th>partition</th><th>offset</th><th>key</th><th>value</th></tr>
-{% for r in records %}<tr><td>{{ when(r.timestamp_ms) }}</td><td class="num">{{ r.partition }}</td><td class="num">{{ r.offset }}</td><td>{{ r.key or "" }}</td><td><pre>{{ r.pretty_value() }}</pre></td></tr>{% endfor %}
+{% for r in records %}<tr><td>{{ when(r.timestamp_ms) }}</td><td class="num">{{ r.partition }}</td>
+<td class="num">{{ r.offset }}</td><td>{{ r.key or "" }}</td><td><pre>{{ r.pretty_value() }}</pre></td></tr>
+{% endfor %}
 </table>
 {% endif %}
 </body></html>"""
@@ -52,14 +57,14 @@ def create_app(browser: KafkaBrowser, max_limit: int = 200) -> Flask:
         try:
             value = int(request.args.get("limit", 20))
         except ValueError:
-            raise ApiError(400, "invalid_limit", "'limit' must be a whole number")
+            raise ApiError(400, "invalid_limit", "'limit' must be a whole number") from None
         return max(1, min(value, max_limit))
 
     def latest(topic: str):
         try:
             return browser.latest(topic, limit())
         except KeyError:
-            raise ApiError(404, "not_found", f"no topic {topic}")
+            raise ApiError(404, "not_found", f"no topic {topic}") from None
 
     @app.errorhandler(KafkaException)
     def _kafka_down(exc: KafkaException):
@@ -68,25 +73,41 @@ def create_app(browser: KafkaBrowser, max_limit: int = 200) -> Flask:
     @app.get("/")
     def index():
         topics = browser.topics()
-        return render_template_string(PAGE, title="topics", topic=None, topics=topics, lags=browser.lags(topics),
-                                      bootstrap=browser.bootstrap)
+        return render_template_string(
+            PAGE, title="topics", topic=None, topics=topics, lags=browser.lags(topics), bootstrap=browser.bootstrap
+        )
 
     @app.get("/topics/<topic>")
     def topic_page(topic: str):
-        return render_template_string(PAGE, title=topic, topic=topic, records=latest(topic), when=when,
-                                      bootstrap=browser.bootstrap)
+        return render_template_string(
+            PAGE, title=topic, topic=topic, records=latest(topic), when=when, bootstrap=browser.bootstrap
+        )
 
     @app.get("/api/topics")
     def api_topics():
         topics = browser.topics()
-        return jsonify(topics=[{"name": t.name, "partitions": t.partitions, "messages": t.messages} for t in topics],
-                       consumer_groups=[{"group": g.group, "topic": g.topic, "committed": g.committed, "end": g.end,
-                                         "lag": g.lag} for g in browser.lags(topics)])
+        return jsonify(
+            topics=[{"name": t.name, "partitions": t.partitions, "messages": t.messages} for t in topics],
+            consumer_groups=[
+                {"group": g.group, "topic": g.topic, "committed": g.committed, "end": g.end, "lag": g.lag}
+                for g in browser.lags(topics)
+            ],
+        )
 
     @app.get("/api/topics/<topic>/messages")
     def api_messages(topic: str):
-        return jsonify(messages=[{"partition": r.partition, "offset": r.offset, "timestamp_ms": r.timestamp_ms,
-                                  "key": r.key, "value": r.value} for r in latest(topic)])
+        return jsonify(
+            messages=[
+                {
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "timestamp_ms": r.timestamp_ms,
+                    "key": r.key,
+                    "value": r.value,
+                }
+                for r in latest(topic)
+            ]
+        )
 
     @app.get("/health")
     def health():

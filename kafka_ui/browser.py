@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_INVALID, Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from common.kafka import position
+
 
 @dataclass(frozen=True)
 class TopicSummary:
@@ -54,8 +56,14 @@ class KafkaBrowser:
 
     def _consumer(self) -> Consumer:
         # A throwaway group id: reading never commits and never joins a pipeline group.
-        return Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"kafka-ui-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"kafka-ui-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
 
     def topics(self) -> list[TopicSummary]:
         metadata = self.admin.list_topics(timeout=self.timeout_s)
@@ -76,12 +84,16 @@ class KafkaBrowser:
 
     def lags(self, summaries: list[TopicSummary]) -> list[GroupLag]:
         ends = {s.name: s.end_offsets for s in summaries}
-        groups = [g.group_id for g in self.admin.list_consumer_groups(request_timeout=self.timeout_s).result().valid
-                  if not g.group_id.startswith("kafka-ui-")]
+        groups = [
+            g.group_id
+            for g in self.admin.list_consumer_groups(request_timeout=self.timeout_s).result().valid
+            if not g.group_id.startswith("kafka-ui-")
+        ]
         lags = []
         for group in sorted(groups):
-            future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                            request_timeout=self.timeout_s)[group]
+            future = self.admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout_s
+            )[group]
             committed: dict[str, int] = {}
             for tp in future.result().topic_partitions or []:
                 if tp.offset != OFFSET_INVALID and tp.topic in ends:
@@ -113,11 +125,19 @@ class KafkaBrowser:
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error():
                     continue
-                records.append(Record(msg.partition(), msg.offset(), msg.timestamp()[1],
-                                      msg.key().decode("utf-8", "replace") if msg.key() else None,
-                                      (msg.value() or b"").decode("utf-8", "replace")))
-                if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                    remaining.pop(msg.partition(), None)
+                _, partition, offset = position(msg)
+                key = msg.key()
+                records.append(
+                    Record(
+                        partition,
+                        offset,
+                        msg.timestamp()[1],
+                        key.decode("utf-8", "replace") if key else None,
+                        (msg.value() or b"").decode("utf-8", "replace"),
+                    )
+                )
+                if offset + 1 >= remaining.get(partition, 0):
+                    remaining.pop(partition, None)
             records.sort(key=lambda r: r.timestamp_ms, reverse=True)
             return records[:limit]
         finally:

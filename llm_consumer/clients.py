@@ -80,15 +80,26 @@ class OllamaClient(_JsonHttpClient):
 class OpenAIClient(_JsonHttpClient):
     """Any server with OpenAI's chat completions API (Ollama serves one at /v1, so do vLLM and others)."""
 
-    def __init__(self, base_url: str, model: str, timeout_s: float, temperature: float, max_tokens: int,
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        timeout_s: float,
+        temperature: float,
+        max_tokens: int,
+        api_key: str | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(base_url.rstrip("/") + "/chat/completions", model, timeout_s, headers)
         self.temperature, self.max_tokens = temperature, max_tokens
 
     def request_body(self, prompt: str) -> dict:
-        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        return {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
 
     def generate(self, body: dict) -> Generation:
         data, latency_ms = self._post(body)

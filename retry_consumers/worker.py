@@ -30,16 +30,23 @@ def retry_handler(policy: RetryPolicy, clock=time.time):
         if policy.exhausted(message.retry_count):
             log.warning("retries exhausted; the question fails", extra=context)
             previous = message.error.message if message.error else ""
-            error = LLMError(status=message.error.status if message.error else None, kind="retries_exhausted",
-                             message=f"gave up after {message.retry_count} retries ({topic}): {previous}"[:500])
+            error = LLMError(
+                status=message.error.status if message.error else None,
+                kind="retries_exhausted",
+                message=f"gave up after {message.retry_count} retries ({topic}): {previous}"[:500],
+            )
             producer.send(topics.LLM_RESPONSES_ERROR, message.evolve(error=error))
             return
         due = message.updated_at.timestamp() + policy.delay_s(message.retry_count)
         if clock() < due:
             raise RetryLater(due)
         log.info("re-publishing after delay", extra={**context, "delay_s": policy.delay_s(message.retry_count)})
-        producer.send(topics.QUESTIONS_PENDING, message.evolve(
-            retry_count=message.retry_count + 1, error=None, not_before=datetime.fromtimestamp(due, timezone.utc)))
+        producer.send(
+            topics.QUESTIONS_PENDING,
+            message.evolve(
+                retry_count=message.retry_count + 1, error=None, not_before=datetime.fromtimestamp(due, timezone.utc)
+            ),
+        )
 
     return handle
 

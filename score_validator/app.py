@@ -17,8 +17,10 @@ def create_app(settings: ScoreValidatorSettings, scorer: Scorer) -> Flask:
     def parse_pair(item) -> Pair:
         if not isinstance(item, dict):
             raise ApiError(400, "invalid_field", "each pair must be an object with 'candidate' and 'reference'")
-        return Pair(required_text(item, "candidate", settings.max_text_chars, required=False),
-                    required_text(item, "reference", settings.max_text_chars, required=False))
+        return Pair(
+            required_text(item, "candidate", settings.max_text_chars, required=False),
+            required_text(item, "reference", settings.max_text_chars, required=False),
+        )
 
     @app.get("/health")
     def health():

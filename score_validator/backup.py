@@ -47,8 +47,10 @@ def backup_handler(scorer: Scorer, watch: FlinkJobWatch, threshold: float, max_a
             return  # the Flink job routes this one; only the offset moves on
         [score] = scorer.score([Pair(message.llm_answer or "", message.original_answer)])
         topic, out = after_scoring(message, score, threshold, max_attempts)
-        log.info("scored by the backup consumer", extra={"question_id": message.question_id, "f1": score.f1,
-                                                        "routed_to": topic})
+        log.info(
+            "scored by the backup consumer",
+            extra={"question_id": message.question_id, "f1": score.f1, "routed_to": topic},
+        )
         producer.send(topic, out)
 
     return handle
@@ -58,8 +60,9 @@ def run_backup_consumer(settings: ScoreValidatorSettings) -> None:
     if not settings.score_validator_backup_consumer:
         log.info("backup consumer disabled (SCORE_VALIDATOR_BACKUP_CONSUMER is not true); exiting")
         return
-    handler = backup_handler(Scorer(settings), FlinkJobWatch(settings.flink_rest_url),
-                             settings.quality_threshold, settings.max_attempts)
+    handler = backup_handler(
+        Scorer(settings), FlinkJobWatch(settings.flink_rest_url), settings.quality_threshold, settings.max_attempts
+    )
     run_consumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=topics.GROUP_SCORE_VALIDATOR_BACKUP,

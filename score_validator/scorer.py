@@ -63,5 +63,5 @@ class Scorer:
             )
         return [
             Score(precision=float(p), recall=float(r), f1=float(f), model=self.label)
-            for p, r, f in zip(precision.tolist(), recall.tolist(), f1.tolist())
+            for p, r, f in zip(precision.tolist(), recall.tolist(), f1.tolist(), strict=True)
         ]

@@ -118,6 +118,7 @@ class Layout:
 # ---------------------------------------------------------------------------------------------
 # Small waiting helpers: poll with a deadline, never a bare sleep.
 
+
 def wait_for(what: str, check, timeout_s: float, interval_s: float = 0.5, layout: Layout | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     last_error = "not ready"
@@ -146,9 +147,14 @@ def http_json(url: str, timeout_s: float = 3.0):
 # ---------------------------------------------------------------------------------------------
 # Configuration files generated into the stack's folder.
 
+
 def pyflink_home() -> Path:
-    out = subprocess.run([str(PYTHON), "-c", "import os, pyflink; print(os.path.dirname(pyflink.__file__))"],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(PYTHON), "-c", "import os, pyflink; print(os.path.dirname(pyflink.__file__))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return Path(out.stdout.strip())
 
 
@@ -176,26 +182,30 @@ def write_kafka_config(layout: Layout) -> Path:
     conf = layout.path("kafka", "server.properties")
     conf.parent.mkdir(parents=True, exist_ok=True)
     port = layout.kafka_port
-    conf.write_text("\n".join([
-        "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@localhost:{port + 1}",
-        f"listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{port + 1}",
-        f"advertised.listeners=PLAINTEXT://localhost:{port}",
-        "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        f"log.dirs={layout.path('kafka', 'data')}",
-        "auto.create.topics.enable=false",
-        "num.partitions=3",
-        "offsets.topic.replication.factor=1",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "log.retention.hours=168",
-        "",
-    ]))
+    conf.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@localhost:{port + 1}",
+                f"listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{port + 1}",
+                f"advertised.listeners=PLAINTEXT://localhost:{port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={layout.path('kafka', 'data')}",
+                "auto.create.topics.enable=false",
+                "num.partitions=3",
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                "",
+            ]
+        )
+    )
     return conf
 
 
@@ -203,10 +213,15 @@ def format_kafka_storage(layout: Layout, classpath: str, conf: Path) -> None:
     if (layout.path("kafka", "data", "meta.properties")).exists():
         return
     log("formatting Kafka storage (first start)")
-    cluster_id = subprocess.run(["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
-                                check=True, capture_output=True, text=True).stdout.split()[-1]
-    subprocess.run(["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                    "-c", str(conf)], check=True, capture_output=True, text=True)
+    cluster_id = subprocess.run(
+        ["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"], check=True, capture_output=True, text=True
+    ).stdout.split()[-1]
+    subprocess.run(
+        ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
 
 
 def init_postgres_cluster(layout: Layout) -> None:
@@ -215,8 +230,18 @@ def init_postgres_cluster(layout: Layout) -> None:
         return
     log("initialising the PostgreSQL cluster (first start)")
     data.mkdir(parents=True, exist_ok=True)
-    cmd = [str(postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
-           "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"]
+    cmd = [
+        str(postgres_bin() / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--locale=C.UTF-8",
+    ]
     if running_as_root():
         make_reachable_for("postgres", data)
         shutil.chown(layout.path("postgres"), "postgres", "postgres")
@@ -267,17 +292,21 @@ def write_flink_config(layout: Layout) -> Path:
     for sub in ("run", "tmp", "web", "blob", "checkpoints"):
         (flink / sub).mkdir(parents=True, exist_ok=True)
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    (conf_dir / "log4j-console.properties").write_text("\n".join([
-        "rootLogger.level = INFO",
-        "rootLogger.appenderRef.console.ref = ConsoleAppender",
-        "appender.console.name = ConsoleAppender",
-        "appender.console.type = CONSOLE",
-        "appender.console.layout.type = PatternLayout",
-        "appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n",
-        "logger.kafka.name = org.apache.kafka",
-        "logger.kafka.level = WARN",
-        "",
-    ]))
+    (conf_dir / "log4j-console.properties").write_text(
+        "\n".join(
+            [
+                "rootLogger.level = INFO",
+                "rootLogger.appenderRef.console.ref = ConsoleAppender",
+                "appender.console.name = ConsoleAppender",
+                "appender.console.type = CONSOLE",
+                "appender.console.layout.type = PatternLayout",
+                "appender.console.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n",
+                "logger.kafka.name = org.apache.kafka",
+                "logger.kafka.level = WARN",
+                "",
+            ]
+        )
+    )
     shutil.copy(pyflink_home() / "conf" / "log4j-cli.properties", conf_dir / "log4j-cli.properties")
     return conf_dir
 
@@ -285,8 +314,19 @@ def write_flink_config(layout: Layout) -> Path:
 # ---------------------------------------------------------------------------------------------
 # supervisord: one program per process, in two groups started in order.
 
-def program(name: str, command: str, layout: Layout, *, environment: dict | None = None, user: str | None = None,
-            numprocs: int = 1, stopsignal: str = "TERM", stopwaitsecs: int = 30, directory: Path = ROOT) -> str:
+
+def program(
+    name: str,
+    command: str,
+    layout: Layout,
+    *,
+    environment: dict | None = None,
+    user: str | None = None,
+    numprocs: int = 1,
+    stopsignal: str = "TERM",
+    stopwaitsecs: int = 30,
+    directory: Path = ROOT,
+) -> str:
     lines = [
         f"[program:{name}]",
         f"command={command}",
@@ -304,8 +344,11 @@ def program(name: str, command: str, layout: Layout, *, environment: dict | None
         "stdout_logfile_backups=2",
     ]
     if numprocs > 1:
-        lines += [f"numprocs={numprocs}", "process_name=%(program_name)s-%(process_num)d",
-                  f"stdout_logfile={layout.path('logs')}/%(program_name)s-%(process_num)d.log"]
+        lines += [
+            f"numprocs={numprocs}",
+            "process_name=%(program_name)s-%(process_num)d",
+            f"stdout_logfile={layout.path('logs')}/%(program_name)s-%(process_num)d.log",
+        ]
     else:
         lines.append(f"stdout_logfile={layout.path('logs', name + '.log')}")
     if user:
@@ -317,8 +360,15 @@ def program(name: str, command: str, layout: Layout, *, environment: dict | None
 
 
 PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager"]
-SERVICES = ["score-validator", "storage-service", "storage-consumer", "llm-consumer",
-            "retry-overload-consumer", "retry-quota-consumer", "kafka-ui"]
+SERVICES = [
+    "score-validator",
+    "storage-service",
+    "storage-consumer",
+    "llm-consumer",
+    "retry-overload-consumer",
+    "retry-quota-consumer",
+    "kafka-ui",
+]
 EMBEDDED_LLM = "local-llm"
 BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
 EMBEDDED_MODEL_NAME = "smollm2:135m"
@@ -340,12 +390,22 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
     if running_as_root():
         shutil.chown(pg_socket_dir, "postgres", "postgres")
     layout.path("redis").mkdir(parents=True, exist_ok=True)
-    flink_env = {"FLINK_CONF_DIR": flink_conf, "FLINK_LOG_DIR": layout.path("logs"),
-                 "FLINK_PID_DIR": layout.path("flink", "run"), "MAX_LOG_FILE_NUMBER": 2}
-    service_env = {"PYTHONPATH": ROOT, "PYTHONUNBUFFERED": 1, "HF_HUB_OFFLINE": 1,
-                   "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap, "DATABASE_URL": layout.database_url,
-                   "REDIS_URL": layout.redis_url, "OLLAMA_URL": layout.ollama_url,
-                   "YAHOO_LLM_STATE_DIR": STATE}
+    flink_env = {
+        "FLINK_CONF_DIR": flink_conf,
+        "FLINK_LOG_DIR": layout.path("logs"),
+        "FLINK_PID_DIR": layout.path("flink", "run"),
+        "MAX_LOG_FILE_NUMBER": 2,
+    }
+    service_env = {
+        "PYTHONPATH": ROOT,
+        "PYTHONUNBUFFERED": 1,
+        "HF_HUB_OFFLINE": 1,
+        "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
+        "DATABASE_URL": layout.database_url,
+        "REDIS_URL": layout.redis_url,
+        "OLLAMA_URL": layout.ollama_url,
+        "YAHOO_LLM_STATE_DIR": STATE,
+    }
     marker = layout.path("run", "embedded-llm")
     marker.unlink(missing_ok=True)
     if embedded_llm:
@@ -354,22 +414,60 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
             service_env["LLM_MODEL"] = EMBEDDED_MODEL_NAME
     py = str(PYTHON)
     sections = [
-        "[unix_http_server]", f"file={layout.path('run', 'supervisor.sock')}", "",
-        "[supervisord]", f"logfile={layout.path('logs', 'supervisord.log')}",
-        f"pidfile={layout.path('run', 'supervisord.pid')}", f"childlogdir={layout.path('logs')}",
-        "logfile_maxbytes=10MB", "logfile_backups=2", "user=root" if running_as_root() else "", "",
-        "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-        "[supervisorctl]", f"serverurl=unix://{layout.path('run', 'supervisor.sock')}", "",
-        program("kafka", f"java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile={ROOT}/scripts/platform/kafka-log4j2.yaml "
-                f"-cp '{classpath}' kafka.Kafka {kafka_conf}", layout, stopwaitsecs=60),
-        program("postgres", f"{postgres_bin() / 'postgres'} -D {layout.path('postgres', 'data')} -p {db.port or 5432} "
-                f"-c listen_addresses=localhost -c unix_socket_directories={pg_socket_dir} -c max_connections=100",
-                layout, user="postgres" if running_as_root() else None, stopsignal="INT", stopwaitsecs=60),
-        program("redis", f"redis-server {ROOT}/redis/redis.conf --port {redis_port} --bind 127.0.0.1 "
-                f"--dir {layout.path('redis')} --maxmemory {layout.env.get('REDIS_MAXMEMORY', '128mb')} "
-                f"--maxmemory-policy {layout.env.get('REDIS_MAXMEMORY_POLICY', 'allkeys-lru')}", layout),
-        program("flink-jobmanager", f"{flink_bin}/jobmanager.sh start-foreground", layout, environment=flink_env, stopwaitsecs=60),
-        program("flink-taskmanager", f"{flink_bin}/taskmanager.sh start-foreground", layout, environment=flink_env, stopwaitsecs=60),
+        "[unix_http_server]",
+        f"file={layout.path('run', 'supervisor.sock')}",
+        "",
+        "[supervisord]",
+        f"logfile={layout.path('logs', 'supervisord.log')}",
+        f"pidfile={layout.path('run', 'supervisord.pid')}",
+        f"childlogdir={layout.path('logs')}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=2",
+        "user=root" if running_as_root() else "",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{layout.path('run', 'supervisor.sock')}",
+        "",
+        program(
+            "kafka",
+            f"java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile={ROOT}/scripts/platform/kafka-log4j2.yaml "
+            f"-cp '{classpath}' kafka.Kafka {kafka_conf}",
+            layout,
+            stopwaitsecs=60,
+        ),
+        program(
+            "postgres",
+            f"{postgres_bin() / 'postgres'} -D {layout.path('postgres', 'data')} -p {db.port or 5432} "
+            f"-c listen_addresses=localhost -c unix_socket_directories={pg_socket_dir} -c max_connections=100",
+            layout,
+            user="postgres" if running_as_root() else None,
+            stopsignal="INT",
+            stopwaitsecs=60,
+        ),
+        program(
+            "redis",
+            f"redis-server {ROOT}/redis/redis.conf --port {redis_port} --bind 127.0.0.1 "
+            f"--dir {layout.path('redis')} --maxmemory {layout.env.get('REDIS_MAXMEMORY', '128mb')} "
+            f"--maxmemory-policy {layout.env.get('REDIS_MAXMEMORY_POLICY', 'allkeys-lru')}",
+            layout,
+        ),
+        program(
+            "flink-jobmanager",
+            f"{flink_bin}/jobmanager.sh start-foreground",
+            layout,
+            environment=flink_env,
+            stopwaitsecs=60,
+        ),
+        program(
+            "flink-taskmanager",
+            f"{flink_bin}/taskmanager.sh start-foreground",
+            layout,
+            environment=flink_env,
+            stopwaitsecs=60,
+        ),
         program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),
         program("storage-service", f"{py} -m storage_service serve", layout, environment=service_env),
         program("storage-consumer", f"{py} -m storage_service consume", layout, environment=service_env),
@@ -378,8 +476,12 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         program("retry-quota-consumer", f"{py} -m retry_consumers quota", layout, environment=service_env),
         program("kafka-ui", f"{py} -m kafka_ui", layout, environment=service_env),
         program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
-        program(BACKUP_SCORER, f"{py} -m score_validator backup-consumer", layout,
-                environment={**service_env, "FLINK_REST_URL": f"http://localhost:{layout.flink_rest_port}"}),
+        program(
+            BACKUP_SCORER,
+            f"{py} -m score_validator backup-consumer",
+            layout,
+            environment={**service_env, "FLINK_REST_URL": f"http://localhost:{layout.flink_rest_port}"},
+        ),
     ]
     conf = layout.path("supervisord.conf")
     conf.write_text("\n".join(sections))
@@ -387,8 +489,12 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
 
 
 def supervisorctl(layout: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV / "bin" / "supervisorctl"), "-c", str(layout.path("supervisord.conf")), *args],
-                          capture_output=True, text=True, check=check)
+    return subprocess.run(
+        [str(VENV / "bin" / "supervisorctl"), "-c", str(layout.path("supervisord.conf")), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+    )
 
 
 def supervisord_pid(layout: Layout) -> int | None:
@@ -414,6 +520,7 @@ def start_programs(layout: Layout, names: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # Health checks and one-shot init steps.
 
+
 def kafka_ready(layout: Layout) -> bool:
     from confluent_kafka.admin import AdminClient
 
@@ -425,8 +532,9 @@ def postgres_ready(layout: Layout) -> bool:
     import psycopg
 
     port = urlparse(layout.database_url).port or 5432
-    with psycopg.connect(host=str(layout.path("postgres", "run")), port=port, user="postgres", dbname="postgres",
-                         connect_timeout=3):
+    with psycopg.connect(
+        host=str(layout.path("postgres", "run")), port=port, user="postgres", dbname="postgres", connect_timeout=3
+    ):
         return True
 
 
@@ -452,10 +560,17 @@ def init_database(layout: Layout) -> None:
 
     url = urlparse(layout.database_url)
     user, password, dbname = url.username or "yahoo", url.password or "yahoo", url.path.lstrip("/") or "yahoo_llm"
-    admin = dict(host=str(layout.path("postgres", "run")), port=url.port or 5432, user="postgres", autocommit=True)
-    with psycopg.connect(dbname="postgres", **admin) as conn:
+    with psycopg.connect(
+        host=str(layout.path("postgres", "run")),
+        port=url.port or 5432,
+        user="postgres",
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone():
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password))
+            )
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user)))
     with psycopg.connect(layout.database_url, autocommit=True) as conn:
@@ -473,11 +588,21 @@ def deploy_flink_job(layout: Layout) -> None:
     from flink_job.submit import submit
 
     # The `flink` client reads the cluster's config; its temp folders stay in the stack's folder.
-    os.environ.update({"FLINK_CONF_DIR": str(layout.path("flink", "conf")), "TMPDIR": str(layout.path("flink", "tmp")),
-                       "FLINK_LOG_DIR": str(layout.path("logs")), "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
-                       "SCORE_VALIDATOR_URL": layout.score_validator_url})
-    submit(f"http://localhost:{layout.flink_rest_port}", str(pyflink_home() / "bin" / "flink"), 120,
-           layout.path("logs", "flink-submit.log"))
+    os.environ.update(
+        {
+            "FLINK_CONF_DIR": str(layout.path("flink", "conf")),
+            "TMPDIR": str(layout.path("flink", "tmp")),
+            "FLINK_LOG_DIR": str(layout.path("logs")),
+            "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
+            "SCORE_VALIDATOR_URL": layout.score_validator_url,
+        }
+    )
+    submit(
+        f"http://localhost:{layout.flink_rest_port}",
+        str(pyflink_home() / "bin" / "flink"),
+        120,
+        layout.path("logs", "flink-submit.log"),
+    )
 
 
 def ollama_answers(url: str) -> bool:
@@ -490,11 +615,14 @@ def ollama_answers(url: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Commands.
 
+
 def ensure_ports_free(layout: Layout) -> None:
     busy = [f"{name} :{port}" for name, port in layout.ports().items() if port_open(port)]
     if busy:
-        raise SystemExit(f"[stack] ports already in use by something else: {', '.join(busy)}. "
-                         "Stop it (another stack? `make down`) or change the ports (README, Configuration).")
+        raise SystemExit(
+            f"[stack] ports already in use by something else: {', '.join(busy)}. "
+            "Stop it (another stack? `make down`) or change the ports (README, Configuration)."
+        )
 
 
 def up(layout: Layout, platform_only: bool) -> None:
@@ -507,7 +635,9 @@ def up(layout: Layout, platform_only: bool) -> None:
         conf = write_supervisor_config(layout, embedded_llm)
         log(f"starting supervisord ({conf})")
         subprocess.run([str(VENV / "bin" / "supervisord"), "-c", str(conf)], check=True, env=os.environ)
-        wait_for("supervisord", lambda: supervisorctl(layout, "status", check=False).returncode in (0, 3), 20, layout=layout)
+        wait_for(
+            "supervisord", lambda: supervisorctl(layout, "status", check=False).returncode in (0, 3), 20, layout=layout
+        )
     start_programs(layout, PLATFORM)
     wait_for("Kafka", lambda: kafka_ready(layout), 120, layout=layout)
     wait_for("PostgreSQL", lambda: postgres_ready(layout), 60, layout=layout)
@@ -519,8 +649,10 @@ def up(layout: Layout, platform_only: bool) -> None:
         print_summary(layout, platform_only=True)
         return
     if embedded_llm_configured(layout) or not ollama_answers(layout.ollama_url):
-        log(f"LLM: nothing else answers at {layout.ollama_url}; using the embedded demo model "
-            f"({EMBEDDED_MODEL_NAME}, small and often wrong; see README, 'The LLM')")
+        log(
+            f"LLM: nothing else answers at {layout.ollama_url}; using the embedded demo model "
+            f"({EMBEDDED_MODEL_NAME}, small and often wrong; see README, 'The LLM')"
+        )
         start_programs(layout, [EMBEDDED_LLM])
         wait_for("embedded LLM", lambda: ollama_answers(layout.ollama_url), 240, interval_s=1, layout=layout)
     else:
@@ -528,7 +660,9 @@ def up(layout: Layout, platform_only: bool) -> None:
     start_programs(layout, SERVICES)
     if layout.env.get("SCORE_VALIDATOR_BACKUP_CONSUMER", "").lower() in {"1", "true", "yes"}:
         start_programs(layout, [BACKUP_SCORER])
-    wait_for("score_validator", lambda: http_ok(f"{layout.score_validator_url}/health"), 240, interval_s=1, layout=layout)
+    wait_for(
+        "score_validator", lambda: http_ok(f"{layout.score_validator_url}/health"), 240, interval_s=1, layout=layout
+    )
     wait_for("storage_service", lambda: http_ok(f"http://localhost:{layout.storage_port}/health"), 60, layout=layout)
     wait_for("Kafka browser", lambda: http_ok(f"http://localhost:{layout.kafka_ui_port}/health"), 60, layout=layout)
     deploy_flink_job(layout)
@@ -548,7 +682,8 @@ def print_summary(layout: Layout, platform_only: bool) -> None:
     ]
     if not platform_only:
         lines += [
-            f"storage_service  http://localhost:{layout.storage_port}  (POST /query, GET /status/<id>, /metrics, /health)",
+            f"storage_service  http://localhost:{layout.storage_port}"
+            "  (POST /query, GET /status/<id>, /metrics, /health)",
             f"score_validator  {layout.score_validator_url}  (GET /health, POST /score, POST /score/batch)",
             f"Kafka browser    http://localhost:{layout.kafka_ui_port}  (topics, consumer lag, latest messages)",
             f"LLM (Ollama API) {layout.ollama_url}",
@@ -582,12 +717,17 @@ def status(layout: Layout) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["up", "down", "status"])
-    parser.add_argument("--name", default=os.environ.get("YAHOO_LLM_STACK", "stack"),
-                        help="stack name: its state folder under the state dir (tests use 'test-stack')")
+    parser.add_argument(
+        "--name",
+        default=os.environ.get("YAHOO_LLM_STACK", "stack"),
+        help="stack name: its state folder under the state dir (tests use 'test-stack')",
+    )
     parser.add_argument("--platform-only", action="store_true", help="Kafka, PostgreSQL, Redis and Flink only")
     args = parser.parse_args(argv)
     layout = Layout(args.name, dict(os.environ))
-    {"up": lambda: up(layout, args.platform_only), "down": lambda: down(layout), "status": lambda: status(layout)}[args.command]()
+    {"up": lambda: up(layout, args.platform_only), "down": lambda: down(layout), "status": lambda: status(layout)}[
+        args.command
+    ]()
 
 
 if __name__ == "__main__":

@@ -29,9 +29,14 @@ def main() -> None:
 
         repo = Repository(settings.database_url, settings.db_pool_size)
         repo.open()
-        return create_app(settings, repo, AnswerCache(settings.redis_url, settings.cache_ttl_s),
-                          ConfirmedProducer(settings.kafka_bootstrap_servers, "storage-service",
-                                            message_timeout_s=settings.kafka_produce_timeout_s))
+        return create_app(
+            settings,
+            repo,
+            AnswerCache(settings.redis_url, settings.cache_ttl_s),
+            ConfirmedProducer(
+                settings.kafka_bootstrap_servers, "storage-service", message_timeout_s=settings.kafka_produce_timeout_s
+            ),
+        )
 
     serve(app_factory, settings.storage_port, threads=16, timeout_s=60)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from typing import Any
 
 import psycopg
 from confluent_kafka.admin import AdminClient
@@ -75,10 +76,12 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
                     except DeliveryError as exc:  # the claim rolls back: nothing half-written
                         counters.add("kafka_errors")
                         log.error("could not publish question", extra={"question_id": question_id, "error": str(exc)})
-                        raise ApiError(503, "queue_unavailable", "the message queue is not reachable; try again later")
+                        raise ApiError(
+                            503, "queue_unavailable", "the message queue is not reachable; try again later"
+                        ) from exc
             row = repo.question(question_id) if claim.status == "validated" else None
         except DB_ERRORS as exc:
-            raise database_unavailable(exc)
+            raise database_unavailable(exc) from exc
 
         if row is not None:
             result = validated_result(row)
@@ -97,22 +100,31 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
         try:
             row = repo.question(question_id)
         except DB_ERRORS as exc:
-            raise database_unavailable(exc)
+            raise database_unavailable(exc) from exc
         if row is None:
             raise ApiError(404, "not_found", f"no question with id {question_id}")
         return jsonify(
-            question_id=row["question_id"], status=row["status"], question_text=row["question_text"],
-            answer=row["final_answer"], score=row["final_score"], best_score=row["best_score"],
-            attempts=row["attempts"], runs=row["runs"], model=row["model"],
+            question_id=row["question_id"],
+            status=row["status"],
+            question_text=row["question_text"],
+            answer=row["final_answer"],
+            score=row["final_score"],
+            best_score=row["best_score"],
+            attempts=row["attempts"],
+            runs=row["runs"],
+            model=row["model"],
             error={"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None,
-            score_history=row["score_history"], failures=row["failures"],
-            created_at=row["created_at"], updated_at=row["updated_at"], completed_at=row["completed_at"],
+            score_history=row["score_history"],
+            failures=row["failures"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            completed_at=row["completed_at"],
         )
 
     @app.get("/metrics")
     def metrics():
         counts = counters.snapshot()
-        body = {
+        body: dict[str, Any] = {
             "cache_hits": counts.get("cache_hits", 0),
             "cache_misses": counts.get("cache_misses", 0),
             "db_errors": counts.get("db_errors", 0),
@@ -125,7 +137,7 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
         try:
             body.update(repo.metrics())
         except DB_ERRORS as exc:
-            raise database_unavailable(exc)
+            raise database_unavailable(exc) from exc
         return jsonify(body)
 
     @app.get("/health")

@@ -26,7 +26,7 @@ class AnswerCache:
         except redis.RedisError as exc:
             log.warning("cache unavailable; treating as a miss", extra={"question_id": question_id, "error": str(exc)})
             return None
-        return json.loads(raw) if raw else None
+        return json.loads(raw) if isinstance(raw, bytes | str) and raw else None
 
     def put(self, question_id: str, result: dict[str, Any]) -> None:
         try:
@@ -50,5 +50,7 @@ def validated_result(row: dict[str, Any]) -> dict[str, Any]:
         "score": row["final_score"],
         "attempts": row["attempts"],
         "model": row["model"],
-        "validated_at": row["completed_at"].isoformat() if hasattr(row["completed_at"], "isoformat") else row["completed_at"],
+        "validated_at": row["completed_at"].isoformat()
+        if hasattr(row["completed_at"], "isoformat")
+        else row["completed_at"],
     }

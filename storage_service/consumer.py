@@ -33,8 +33,15 @@ def outcome_handler(repo: Repository, cache: AnswerCache):
             row = repo.question(message.question_id)
             if row is not None:
                 cache.put(message.question_id, validated_result(row))
-        log.info("outcome stored", extra={"question_id": message.question_id, "status": status,
-                                          "attempt": message.attempt, "f1": message.score.f1 if message.score else None})
+        log.info(
+            "outcome stored",
+            extra={
+                "question_id": message.question_id,
+                "status": status,
+                "attempt": message.attempt,
+                "f1": message.score.f1 if message.score else None,
+            },
+        )
 
     return handle
 

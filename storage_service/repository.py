@@ -3,11 +3,13 @@ delivered twice leaves the same rows behind."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-from psycopg.rows import dict_row
+from psycopg import Connection
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from common.messages import PipelineMessage
@@ -17,6 +19,13 @@ TERMINAL_STATUS_BY_TOPIC = {
     "low-quality-responses": "low_quality",
     "llm-responses-error": "failed",
 }
+
+
+def required(row: DictRow | None) -> DictRow:
+    """A row the query always returns (an aggregate, or one the same transaction holds locked)."""
+    if row is None:
+        raise RuntimeError("expected a row, the query returned none")
+    return row
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,15 @@ class Claim:
 class Repository:
     def __init__(self, database_url: str, pool_size: int = 8) -> None:
         # Short waits: with PostgreSQL down a client gets its 503 in seconds, not after 30.
-        self.pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=False, timeout=3,
-                                   kwargs={"row_factory": dict_row, "connect_timeout": 3})
+        self.pool = ConnectionPool(
+            database_url,
+            connection_class=Connection[DictRow],
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=3,
+            kwargs={"row_factory": dict_row, "connect_timeout": 3},
+        )
 
     def open(self, wait_s: float = 30.0) -> None:
         self.pool.open(wait=True, timeout=wait_s)
@@ -70,16 +86,20 @@ class Repository:
             if row is not None:
                 yield Claim(row["question_id"], row["status"], row["runs"], is_new_run=True)
                 return
-            existing = conn.execute(
-                "SELECT question_id, status, runs FROM questions WHERE question_id = %s", (message.question_id,)
-            ).fetchone()
+            existing = required(
+                conn.execute(
+                    "SELECT question_id, status, runs FROM questions WHERE question_id = %s", (message.question_id,)
+                ).fetchone()
+            )
             yield Claim(existing["question_id"], existing["status"], existing["runs"], is_new_run=False)
 
     def record_outcome(self, message: PipelineMessage, status: str) -> bool:
         """Store a terminal outcome; returns False when it belongs to an older run (ignored)."""
         score = message.score
         params = {
-            **message.model_dump(include={"question_id", "question_text", "original_answer", "run", "attempt", "model"}),
+            **message.model_dump(
+                include={"question_id", "question_text", "original_answer", "run", "attempt", "model"}
+            ),
             "status": status,
             "final_answer": message.llm_answer if status != "failed" else None,
             "final_score": score.f1 if score else None,
@@ -117,8 +137,16 @@ class Repository:
                     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
                     ON CONFLICT (question_id, run, attempt) DO NOTHING
                     """,
-                    (message.question_id, message.run, record.attempt, record.llm_answer, record.precision,
-                     record.recall, record.f1, record.scored_at),
+                    (
+                        message.question_id,
+                        message.run,
+                        record.attempt,
+                        record.llm_answer,
+                        record.precision,
+                        record.recall,
+                        record.f1,
+                        record.scored_at,
+                    ),
                 )
             if status == "failed" and message.error:
                 conn.execute(
@@ -127,8 +155,16 @@ class Repository:
                     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
                     ON CONFLICT (question_id, run) DO NOTHING
                     """,
-                    (message.question_id, message.run, message.attempt, message.retry_count, message.error.kind,
-                     message.error.status, message.error.message, message.updated_at),
+                    (
+                        message.question_id,
+                        message.run,
+                        message.attempt,
+                        message.retry_count,
+                        message.error.kind,
+                        message.error.status,
+                        message.error.message,
+                        message.updated_at,
+                    ),
                 )
         return True
 
@@ -139,25 +175,35 @@ class Repository:
                 return None
             row["score_history"] = conn.execute(
                 "SELECT run, attempt, f1, precision, recall, llm_answer, scored_at FROM attempts "
-                "WHERE question_id = %s ORDER BY run, attempt", (question_id,)
+                "WHERE question_id = %s ORDER BY run, attempt",
+                (question_id,),
             ).fetchall()
             row["failures"] = conn.execute(
                 "SELECT run, attempt, retry_count, kind, status_code, message, failed_at FROM failures "
-                "WHERE question_id = %s ORDER BY run", (question_id,)
+                "WHERE question_id = %s ORDER BY run",
+                (question_id,),
             ).fetchall()
             return row
 
     def metrics(self) -> dict[str, Any]:
         with self.pool.connection() as conn:
-            by_status = {r["status"]: r["n"] for r in conn.execute(
-                "SELECT status, count(*) AS n FROM questions GROUP BY status").fetchall()}
-            averages = conn.execute(
-                "SELECT avg(final_score) FILTER (WHERE status = 'validated') AS average_score, "
-                "avg(best_score) AS average_best_score FROM questions"
-            ).fetchone()
-            distribution = {str(r["attempts"]): r["n"] for r in conn.execute(
-                "SELECT attempts, count(*) AS n FROM questions WHERE status IN ('validated', 'low_quality') "
-                "GROUP BY attempts ORDER BY attempts").fetchall()}
+            by_status = {
+                r["status"]: r["n"]
+                for r in conn.execute("SELECT status, count(*) AS n FROM questions GROUP BY status").fetchall()
+            }
+            averages = required(
+                conn.execute(
+                    "SELECT avg(final_score) FILTER (WHERE status = 'validated') AS average_score, "
+                    "avg(best_score) AS average_best_score FROM questions"
+                ).fetchone()
+            )
+            distribution = {
+                str(r["attempts"]): r["n"]
+                for r in conn.execute(
+                    "SELECT attempts, count(*) AS n FROM questions WHERE status IN ('validated', 'low_quality') "
+                    "GROUP BY attempts ORDER BY attempts"
+                ).fetchall()
+            }
         return {
             "total_responses": sum(n for s, n in by_status.items() if s != "pending"),
             "questions_by_status": by_status,

@@ -63,10 +63,12 @@ def first_message(bootstrap: str, topic: str, matches, timeout_s: float, what: s
     """The first message on `topic` (read from the start, outside any pipeline group) that `matches`."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topic])
     try:
+
         def poll():
             msg = consumer.poll(0.5)
             return msg if msg is not None and not msg.error() and matches(msg) else None
@@ -78,8 +80,11 @@ def first_message(bootstrap: str, topic: str, matches, timeout_s: float, what: s
 
 def terminal(status_of, question_id: str, timeout_s: float = 120) -> dict:
     """Wait for a question to leave `pending`; returns its /status body."""
-    return wait_until(lambda: (s := status_of(question_id)) and s["status"] != "pending" and s,
-                      timeout_s, what=f"terminal status of {question_id}")
+    return wait_until(
+        lambda: (s := status_of(question_id)) and s["status"] != "pending" and s,
+        timeout_s,
+        what=f"terminal status of {question_id}",
+    )
 
 
 def unique(text: str) -> str:
@@ -120,8 +125,12 @@ def stack(fake_llm) -> Stack:
 @pytest.fixture
 def ask(stack):
     def _ask(question_text: str, original_answer: str = "", **kwargs) -> requests.Response:
-        return requests.post(f"{stack.storage_url}/query",
-                             json={"question_text": question_text, "original_answer": original_answer}, timeout=30, **kwargs)
+        return requests.post(
+            f"{stack.storage_url}/query",
+            json={"question_text": question_text, "original_answer": original_answer},
+            timeout=30,
+            **kwargs,
+        )
 
     return _ask
 
@@ -138,5 +147,9 @@ def status_of(stack):
 def supervisorctl(*args: str) -> str:
     """Drive the test stack's processes as an operator would (stop, start, status)."""
     conf = STATE / "test-stack" / "supervisord.conf"
-    return subprocess.run([str(STATE / "venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
-                          capture_output=True, text=True, timeout=120).stdout
+    return subprocess.run(
+        [str(STATE / "venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout

@@ -97,12 +97,32 @@ def make_handler(fake: FakeOllama):
             if isinstance(action, Fail):
                 self._json(action.status, {"error": f"scripted failure {action.status}"})
             elif self.path == "/api/generate":
-                self._json(200, {"model": body.get("model", "fake"), "created_at": "2026-01-01T00:00:00Z",
-                                 "response": action.text, "done": True, "done_reason": "stop"})
+                self._json(
+                    200,
+                    {
+                        "model": body.get("model", "fake"),
+                        "created_at": "2026-01-01T00:00:00Z",
+                        "response": action.text,
+                        "done": True,
+                        "done_reason": "stop",
+                    },
+                )
             else:
-                self._json(200, {"id": "chatcmpl-fake", "object": "chat.completion", "model": body.get("model", "fake"),
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": action.text}}]})
+                self._json(
+                    200,
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion",
+                        "model": body.get("model", "fake"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": action.text},
+                            }
+                        ],
+                    },
+                )
 
     return Handler
 

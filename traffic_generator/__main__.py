@@ -11,29 +11,42 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from traffic_generator.generator import (
-    DISTRIBUTIONS,
-    SAMPLE_CSV,
-    TrafficGenerator,
-    arrival_offsets,
-    choose_requests,
-    read_questions,
-)
+from common.dataset import SAMPLE_CSV, read_questions
+from traffic_generator.generator import DISTRIBUTIONS, TrafficGenerator, arrival_offsets, choose_requests
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="traffic_generator", description=__doc__)
-    parser.add_argument("--csv", type=Path, default=Path(os.environ.get("TRAFFIC_CSV", SAMPLE_CSV)),
-                        help="Yahoo Answers CSV: class, title, content, best_answer (no header)")
-    parser.add_argument("--url", default=os.environ.get("STORAGE_URL", f"http://localhost:{os.environ.get('STORAGE_PORT', '5001')}"))
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=Path(os.environ.get("TRAFFIC_CSV", SAMPLE_CSV)),
+        help="Yahoo Answers CSV: class, title, content, best_answer (no header)",
+    )
+    parser.add_argument(
+        "--url", default=os.environ.get("STORAGE_URL", f"http://localhost:{os.environ.get('STORAGE_PORT', '5001')}")
+    )
     parser.add_argument("--count", type=int, default=int(os.environ.get("TRAFFIC_COUNT", 50)))
-    parser.add_argument("--rate", type=float, default=float(os.environ.get("TRAFFIC_RATE", 2.0)), help="requests per second")
-    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default=os.environ.get("TRAFFIC_DISTRIBUTION", "poisson"))
-    parser.add_argument("--repeat-ratio", type=float, default=float(os.environ.get("TRAFFIC_REPEAT_RATIO", 0.2)),
-                        help="share of requests that repeat a question already sent (cache hits)")
+    parser.add_argument(
+        "--rate", type=float, default=float(os.environ.get("TRAFFIC_RATE", 2.0)), help="requests per second"
+    )
+    parser.add_argument(
+        "--distribution", choices=DISTRIBUTIONS, default=os.environ.get("TRAFFIC_DISTRIBUTION", "poisson")
+    )
+    parser.add_argument(
+        "--repeat-ratio",
+        type=float,
+        default=float(os.environ.get("TRAFFIC_REPEAT_RATIO", 0.2)),
+        help="share of requests that repeat a question already sent (cache hits)",
+    )
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                        help="then wait up to SECONDS for every question's pipeline outcome")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="then wait up to SECONDS for every question's pipeline outcome",
+    )
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     args = parser.parse_args(argv)
     if args.count < 1 or args.rate <= 0 or not 0 <= args.repeat_ratio <= 1:
@@ -55,11 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         generator.wait_for_outcomes(summary, args.wait)
     print(summary.render())
     if args.json:
-        args.json.write_text(json.dumps({
-            "sent": len(summary.outcomes), "distinct_questions": len({o.question_id for o in summary.outcomes if o.question_id}),
-            "elapsed_s": summary.elapsed_s, "counts": dict(summary.counts),
-            "latency_ms": summary.latency_percentiles_ms(), "final_statuses": dict(summary.final_statuses),
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "sent": len(summary.outcomes),
+                    "distinct_questions": len({o.question_id for o in summary.outcomes if o.question_id}),
+                    "elapsed_s": summary.elapsed_s,
+                    "counts": dict(summary.counts),
+                    "latency_ms": summary.latency_percentiles_ms(),
+                    "final_statuses": dict(summary.final_statuses),
+                },
+                indent=2,
+            )
+        )
     return 0 if all(o.status is not None and o.status < 500 for o in summary.outcomes) else 1
 
 

@@ -7,7 +7,6 @@ delays the next arrival.
 
 from __future__ import annotations
 
-import csv
 import random
 import statistics
 import threading
@@ -15,36 +14,19 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable
+from typing import Protocol
 
 import requests
 
-SAMPLE_CSV = Path(__file__).parent / "data" / "sample.csv"
+from common.dataset import Question
+
 DISTRIBUTIONS = ("constant", "poisson")
 
 
-@dataclass(frozen=True)
-class Question:
-    category: str
-    question_text: str
-    original_answer: str
+class Progress(Protocol):
+    """What a progress bar offers (tqdm does)."""
 
-
-def read_questions(path: Path) -> list[Question]:
-    """Rows with a title and a best answer; the content (question body) joins the title when present."""
-    questions = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.reader(handle):
-            if len(row) < 4:
-                continue
-            category, title, content, best_answer = (cell.strip() for cell in row[:4])
-            text = f"{title} {content}".strip() if content else title
-            if text and best_answer:
-                questions.append(Question(category, text.replace("\\n", " "), best_answer.replace("\\n", " ")))
-    if not questions:
-        raise ValueError(f"{path}: no usable rows (expected: class, title, content, best_answer)")
-    return questions
+    def update(self, n: int = 1) -> object: ...
 
 
 def arrival_offsets(count: int, rate_per_s: float, distribution: str, rng: random.Random) -> list[float]:
@@ -111,7 +93,8 @@ class Summary:
 
     def render(self) -> str:
         sent = len(self.outcomes)
-        lines = [f"sent {sent} requests in {self.elapsed_s:.1f}s ({sent / self.elapsed_s if self.elapsed_s else 0:.2f} req/s)"]
+        rate = sent / self.elapsed_s if self.elapsed_s else 0
+        lines = [f"sent {sent} requests in {self.elapsed_s:.1f}s ({rate:.2f} req/s)"]
         lines += [f"  {label:<18} {n}" for label, n in sorted(self.counts.items())]
         pct = self.latency_percentiles_ms()
         if pct:
@@ -136,9 +119,11 @@ class TrafficGenerator:
     def send(self, question: Question) -> Outcome:
         started = time.monotonic()
         try:
-            resp = self._session().post(f"{self.base_url}/query", timeout=self.timeout_s,
-                                        json={"question_text": question.question_text,
-                                              "original_answer": question.original_answer})
+            resp = self._session().post(
+                f"{self.base_url}/query",
+                timeout=self.timeout_s,
+                json={"question_text": question.question_text, "original_answer": question.original_answer},
+            )
         except requests.RequestException as exc:
             return Outcome(None, f"error: {type(exc).__name__}", time.monotonic() - started)
         latency = time.monotonic() - started
@@ -148,7 +133,7 @@ class TrafficGenerator:
             body = {}
         return Outcome(resp.status_code, label_of(resp.status_code, body), latency, body.get("question_id"))
 
-    def run(self, plan: list[Question], offsets: list[float], progress: Iterable | None = None) -> Summary:
+    def run(self, plan: list[Question], offsets: list[float], progress: Progress | None = None) -> Summary:
         summary = Summary()
         lock = threading.Lock()
         started = time.monotonic()
@@ -160,7 +145,7 @@ class TrafficGenerator:
                 progress.update(1)
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for question, offset in zip(plan, offsets):
+            for question, offset in zip(plan, offsets, strict=True):
                 delay = started + offset - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)  # the scheduler thread only; requests run in the pool

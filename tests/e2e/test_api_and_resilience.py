@@ -53,9 +53,13 @@ def test_garbage_goes_to_dead_letter_and_the_consumer_keeps_going(stack, fake_ll
     producer.produce(topics.QUESTIONS_PENDING, key=b"not-a-question", value=garbage)
     producer.flush(10)
 
-    found = first_message(stack.kafka_bootstrap, topics.DEAD_LETTER,
-                          lambda msg: json.loads(msg.value()).get("raw_text") == garbage.decode(), 60,
-                          what="the garbage on dead-letter")
+    found = first_message(
+        stack.kafka_bootstrap,
+        topics.DEAD_LETTER,
+        lambda msg: json.loads(msg.value()).get("raw_text") == garbage.decode(),
+        60,
+        what="the garbage on dead-letter",
+    )
     envelope = json.loads(found.value())
     assert envelope["source_topic"] == topics.QUESTIONS_PENDING
     assert envelope["reason"].startswith("unparseable")

@@ -13,8 +13,11 @@ REFERENCE = "The capital of Chile is Santiago."
 
 
 def llm_consumer_pids() -> list[int]:
-    return [int(line.split("pid ")[1].split(",")[0]) for line in supervisorctl("status", "llm-consumer:*").splitlines()
-            if "RUNNING" in line]
+    return [
+        int(line.split("pid ")[1].split(",")[0])
+        for line in supervisorctl("status", "llm-consumer:*").splitlines()
+        if "RUNNING" in line
+    ]
 
 
 def test_sigterm_finishes_the_call_in_hand_then_exits(stack, fake_llm, ask, status_of):

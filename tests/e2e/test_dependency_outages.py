@@ -65,7 +65,9 @@ def transient_failures_logged(question_id: str) -> int:
     for line in (STATE / "test-stack" / "logs" / "storage-consumer.log").read_text().splitlines():
         if question_id in line and line.startswith("{"):
             entry = json.loads(line)
-            count += entry.get("msg") == "dependency unavailable; will retry" and entry.get("question_id") == question_id
+            count += (
+                entry.get("msg") == "dependency unavailable; will retry" and entry.get("question_id") == question_id
+            )
     return count
 
 
@@ -112,8 +114,13 @@ def test_scorer_down_holds_answers_without_inventing_a_score(stack, fake_llm, as
     supervisorctl("stop", "score-validator")
     try:
         qid = ask(question, REFERENCE).json()["question_id"]
-        first_message(stack.kafka_bootstrap, topics.LLM_RESPONSES_SUCCESS, lambda msg: msg.key() == qid.encode(), 60,
-                      what="the answer on llm-responses-success")
+        first_message(
+            stack.kafka_bootstrap,
+            topics.LLM_RESPONSES_SUCCESS,
+            lambda msg: msg.key() == qid.encode(),
+            60,
+            what="the answer on llm-responses-success",
+        )
         status = status_of(qid)
         assert status["status"] == "pending" and status["score_history"] == []  # no score without a scorer
     finally:

@@ -22,7 +22,9 @@ def test_lists_every_topic_and_the_pipeline_groups(stack, fake_llm, ask, status_
     groups = {g["group"] for g in body["consumer_groups"]}
     assert {topics.GROUP_LLM_CONSUMER, topics.GROUP_STORAGE} <= groups
 
-    messages = requests.get(f"{UI}/api/topics/{topics.QUESTIONS_PENDING}/messages?limit=200", timeout=15).json()["messages"]
+    messages = requests.get(f"{UI}/api/topics/{topics.QUESTIONS_PENDING}/messages?limit=200", timeout=15).json()[
+        "messages"
+    ]
     assert any(m["key"] == qid for m in messages)
 
     page = requests.get(f"{UI}/", timeout=15)

@@ -12,8 +12,11 @@ from score_validator.scorer import Pair, Scorer
 
 @pytest.fixture(scope="module")
 def scorer():
-    return Scorer(ScoreValidatorSettings(bertscore_model="all-MiniLM-L6-v2", bertscore_num_layers=6,
-                                         bertscore_rescale=True, torch_num_threads=2))
+    return Scorer(
+        ScoreValidatorSettings(
+            bertscore_model="all-MiniLM-L6-v2", bertscore_num_layers=6, bertscore_rescale=True, torch_num_threads=2
+        )
+    )
 
 
 def mean_f1(scorer, pairs):

@@ -27,8 +27,10 @@ def fake():
 
 
 def clients(base_url: str, timeout_s: float = 2.0):
-    return [OllamaClient(base_url, "m", timeout_s, {"temperature": 0}),
-            OpenAIClient(base_url + "/v1", "m", timeout_s, temperature=0, max_tokens=32, api_key="k")]
+    return [
+        OllamaClient(base_url, "m", timeout_s, {"temperature": 0}),
+        OpenAIClient(base_url + "/v1", "m", timeout_s, temperature=0, max_tokens=32, api_key="k"),
+    ]
 
 
 def kind_of(failure: LLMFailure) -> FailureKind:
@@ -44,13 +46,16 @@ def test_answers(fake, index):
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["ollama", "openai"])
-@pytest.mark.parametrize(("action", "expected"), [
-    (Fail(503), FailureKind.OVERLOAD),
-    (Fail(429), FailureKind.QUOTA),
-    (Fail(500), FailureKind.ERROR),
-    (Answer("late", delay_s=3), FailureKind.OVERLOAD),  # past the client's 2 s timeout
-    (Answer("   "), FailureKind.ERROR),  # an empty answer is an error, not a success
-])
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [
+        (Fail(503), FailureKind.OVERLOAD),
+        (Fail(429), FailureKind.QUOTA),
+        (Fail(500), FailureKind.ERROR),
+        (Answer("late", delay_s=3), FailureKind.OVERLOAD),  # past the client's 2 s timeout
+        (Answer("   "), FailureKind.ERROR),  # an empty answer is an error, not a success
+    ],
+)
 def test_failures_are_classified(fake, index, action, expected):
     client = clients(fake.base_url)[index]
     marker = f"case-{index}-{id(action)}"

@@ -20,12 +20,20 @@ from tests.conftest import STATE, wait_until
 
 
 def consume(bootstrap: str, topic: str, count: int, timeout_s: float = 60) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([topic])
     got = []
     try:
-        wait_until(lambda: (msg := consumer.poll(0.5)) is not None and not msg.error() and got.append(msg)
-                   or len(got) >= count, timeout_s, interval_s=0, what=f"{count} messages on {topic}")
+        wait_until(
+            lambda: (
+                ((msg := consumer.poll(0.5)) is not None and not msg.error() and got.append(msg)) or len(got) >= count
+            ),
+            timeout_s,
+            interval_s=0,
+            what=f"{count} messages on {topic}",
+        )
     finally:
         consumer.close()
     return got
@@ -59,8 +67,9 @@ def test_every_design_topic_exists_with_three_partitions(stack):
 
 def test_postgres_schema_is_present(stack):
     with psycopg.connect(stack.database_url) as conn:
-        tables = {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+        tables = {
+            r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
+        }
         assert {"questions", "attempts", "failures"} <= tables
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'questions'")}
         assert "questions_status_idx" in indexes
@@ -85,13 +94,41 @@ def test_flink_cluster_runs_a_pyflink_kafka_job(stack):
         producer.produce(source, value=word.encode())
     producer.flush(10)
 
-    pyflink_bin = subprocess.run([str(STATE / "venv" / "bin" / "python"), "-c",
-                                  "import os, pyflink; print(os.path.dirname(pyflink.__file__))"],
-                                 capture_output=True, text=True, check=True).stdout.strip() + "/bin/flink"
-    env = {**os.environ, "FLINK_CONF_DIR": str(STATE / "test-stack" / "flink" / "conf"),
-           "TMPDIR": str(STATE / "test-stack" / "flink" / "tmp")}
-    subprocess.run([pyflink_bin, "run", "-d", "-py", str(Path(__file__).with_name("flink_passthrough_job.py")),
-                    stack.kafka_bootstrap, source, sink, job_name], env=env, check=True, capture_output=True, timeout=180)
+    pyflink_bin = (
+        subprocess.run(
+            [
+                str(STATE / "venv" / "bin" / "python"),
+                "-c",
+                "import os, pyflink; print(os.path.dirname(pyflink.__file__))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        + "/bin/flink"
+    )
+    env = {
+        **os.environ,
+        "FLINK_CONF_DIR": str(STATE / "test-stack" / "flink" / "conf"),
+        "TMPDIR": str(STATE / "test-stack" / "flink" / "tmp"),
+    }
+    subprocess.run(
+        [
+            pyflink_bin,
+            "run",
+            "-d",
+            "-py",
+            str(Path(__file__).with_name("flink_passthrough_job.py")),
+            stack.kafka_bootstrap,
+            source,
+            sink,
+            job_name,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     try:
         values = sorted(m.value() for m in consume(stack.kafka_bootstrap, sink, 2, timeout_s=120))
         assert values == [b"FLINK", b"KAFKA"]

@@ -44,9 +44,16 @@ def test_make_up_answers_the_seed_example_then_make_down_leaves_nothing():
         resp = requests.post("http://localhost:5001/query", json=SEED_EXAMPLE, timeout=30)
         assert resp.status_code in (200, 202), resp.text
         qid = resp.json()["question_id"]
-        final = wait_until(lambda: (r := requests.get(f"http://localhost:5001/status/{qid}", timeout=10)).ok
-                           and r.json()["status"] != "pending" and r.json(), 420, interval_s=2,
-                           what="the seed example to reach a terminal status")
+        final = wait_until(
+            lambda: (
+                (r := requests.get(f"http://localhost:5001/status/{qid}", timeout=10)).ok
+                and r.json()["status"] != "pending"
+                and r.json()
+            ),
+            420,
+            interval_s=2,
+            what="the seed example to reach a terminal status",
+        )
         assert final["status"] in {"validated", "low_quality", "failed"}
         with psycopg.connect("postgresql://yahoo:yahoo@localhost:5432/yahoo_llm") as conn:
             (status,) = conn.execute("SELECT status FROM questions WHERE question_id = %s", (qid,)).fetchone()

@@ -18,16 +18,32 @@ STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = sorted(ROOT.glob("*/Dockerfile"))
 DESIGN_VARIABLES = [
-    "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "OLLAMA_URL", "LLM_MODEL", "LLM_TIMEOUT_S",
-    "SCORE_VALIDATOR_URL", "QUALITY_THRESHOLD", "MAX_ATTEMPTS", "RETRY_OVERLOAD_BASE_DELAY_S",
-    "RETRY_OVERLOAD_MAX_RETRIES", "RETRY_QUOTA_DELAY_S", "RETRY_QUOTA_MAX_RETRIES", "BERTSCORE_MODEL",
-    "BERTSCORE_NUM_LAYERS", "STORAGE_PORT", "SCORE_VALIDATOR_PORT",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "OLLAMA_URL",
+    "LLM_MODEL",
+    "LLM_TIMEOUT_S",
+    "SCORE_VALIDATOR_URL",
+    "QUALITY_THRESHOLD",
+    "MAX_ATTEMPTS",
+    "RETRY_OVERLOAD_BASE_DELAY_S",
+    "RETRY_OVERLOAD_MAX_RETRIES",
+    "RETRY_QUOTA_DELAY_S",
+    "RETRY_QUOTA_MAX_RETRIES",
+    "BERTSCORE_MODEL",
+    "BERTSCORE_NUM_LAYERS",
+    "STORAGE_PORT",
+    "SCORE_VALIDATOR_PORT",
 ]
 
 
 def dotenv() -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines()
-                if "=" in line and not line.startswith("#"))
+    return dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
 
 
 def compose() -> dict:
@@ -45,22 +61,28 @@ def tool(name: str, *candidates: Path) -> str:
 
 
 def test_docker_compose_parses_the_file():
-    result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_dclint_finds_no_errors():
-    result = subprocess.run([tool("dclint", STATE / "tools" / "node_modules" / ".bin" / "dclint"), str(COMPOSE)],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("dclint", STATE / "tools" / "node_modules" / ".bin" / "dclint"), str(COMPOSE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not re.search(r"^\s*\d+:\d+\s+error\s", result.stdout, re.MULTILINE), result.stdout
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint_passes(dockerfile):
-    result = subprocess.run([tool("hadolint", STATE / "venv" / "bin" / "hadolint"), str(dockerfile)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [tool("hadolint", STATE / "venv" / "bin" / "hadolint"), str(dockerfile)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

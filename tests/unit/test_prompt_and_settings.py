@@ -20,8 +20,13 @@ def test_settings_come_from_the_environment(monkeypatch):
 
 
 def test_design_defaults(monkeypatch):
-    for var in ("QUALITY_THRESHOLD", "MAX_ATTEMPTS", "RETRY_OVERLOAD_BASE_DELAY_S", "RETRY_QUOTA_DELAY_S",
-                "KAFKA_BOOTSTRAP_SERVERS"):
+    for var in (
+        "QUALITY_THRESHOLD",
+        "MAX_ATTEMPTS",
+        "RETRY_OVERLOAD_BASE_DELAY_S",
+        "RETRY_QUOTA_DELAY_S",
+        "KAFKA_BOOTSTRAP_SERVERS",
+    ):
         monkeypatch.delenv(var, raising=False)
     settings = PipelineSettings()
     assert (settings.quality_threshold, settings.max_attempts) == (0.75, 3)
@@ -30,7 +35,11 @@ def test_design_defaults(monkeypatch):
 
 
 def test_flink_version_is_pinned_once():
-    env = dict(line.split("=", 1) for line in (ROOT / ".env").read_text().splitlines() if "=" in line and not line.startswith("#"))
+    env = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line)
     assert pins["apache-flink"] == env["FLINK_VERSION"]
     assert env["FLINK_KAFKA_CONNECTOR_VERSION"].endswith("-" + ".".join(env["FLINK_VERSION"].split(".")[:2]))

@@ -1,17 +1,11 @@
+import itertools
 import random
 import statistics
 
 import pytest
 
-from traffic_generator.generator import (
-    SAMPLE_CSV,
-    Outcome,
-    Question,
-    Summary,
-    arrival_offsets,
-    choose_requests,
-    read_questions,
-)
+from common.dataset import SAMPLE_CSV, Question, read_questions
+from traffic_generator.generator import Outcome, Summary, arrival_offsets, choose_requests
 
 
 def test_sample_csv_reads_in_the_yahoo_layout():
@@ -40,7 +34,7 @@ def test_constant_arrivals_are_evenly_spaced():
 
 def test_poisson_arrivals_have_the_requested_mean_rate():
     offsets = arrival_offsets(5000, 10.0, "poisson", random.Random(1))
-    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(offsets)]
     assert statistics.mean(gaps) == pytest.approx(0.1, rel=0.05)
     assert statistics.stdev(gaps) == pytest.approx(0.1, rel=0.1)  # exponential: sd == mean
 
@@ -61,8 +55,14 @@ def test_repeats_reuse_questions_already_sent():
 
 
 def test_summary_counts_and_percentiles():
-    summary = Summary(outcomes=[Outcome(202, "pending", 0.010), Outcome(200, "found (cache)", 0.002),
-                                Outcome(None, "error: ConnectionError", 0.0)], elapsed_s=2.0)
+    summary = Summary(
+        outcomes=[
+            Outcome(202, "pending", 0.010),
+            Outcome(200, "found (cache)", 0.002),
+            Outcome(None, "error: ConnectionError", 0.0),
+        ],
+        elapsed_s=2.0,
+    )
     assert summary.counts == {"pending": 1, "found (cache)": 1, "error: ConnectionError": 1}
     assert summary.latency_percentiles_ms()["max"] == pytest.approx(10.0)
     assert "1.50 req/s" in summary.render()
