@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -127,3 +128,93 @@ class PipelineMessage(BaseModel):
         data.update(changes)
         data["updated_at"] = utc_now()
         return type(self).model_validate(data)
+
+
+# A dead letter keeps at most this much of the message it wraps (plus its size and sha256), so the
+# envelope always fits the broker's limit whatever arrived.
+MAX_DEAD_LETTER_RAW_BYTES = 64 * 1024
+
+
+def utf8_or_none(data: bytes, *, truncated: bool = False) -> str | None:
+    """The text, if `data` is UTF-8; a cut may have split the last character, which is then dropped."""
+    for trim in range(4 if truncated else 1):
+        try:
+            return data[: len(data) - trim].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+class DeadLetter(BaseModel):
+    """The envelope on `dead-letter`: what could not be processed, where, and why.
+
+    The raw bytes are kept once: as text when they are valid UTF-8, else as base64; cut to
+    MAX_DEAD_LETTER_RAW_BYTES, with the full size and sha256 to tell what was cut.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    stage: str  # who gave up: llm-consumer, retry-overload-consumer, storage-consumer, flink_job, ...
+    reason: str = Field(max_length=2_000)
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    question_id: str | None = None  # when known: the message's key or its parsed question_id
+    run: int | None = None
+    raw_size: int
+    raw_sha256: str
+    raw_truncated: bool
+    raw_text: str | None = None
+    raw_base64: str | None = None
+    failed_at: datetime = Field(default_factory=utc_now)
+
+    @classmethod
+    def wrap(
+        cls,
+        raw: bytes | None,
+        *,
+        stage: str,
+        reason: str,
+        source_topic: str,
+        partition: int | None = None,
+        offset: int | None = None,
+        key: bytes | None = None,
+        message: PipelineMessage | None = None,
+    ) -> DeadLetter:
+        raw = raw or b""
+        kept = raw[:MAX_DEAD_LETTER_RAW_BYTES]
+        text = utf8_or_none(kept, truncated=len(kept) < len(raw))
+        key_text = key.decode("utf-8", "replace")[:256] if key else None
+        return cls(
+            stage=stage,
+            reason=reason[:2_000],
+            source_topic=source_topic,
+            partition=partition,
+            offset=offset,
+            key=key_text,
+            question_id=message.question_id if message else key_text,
+            run=message.run if message else None,
+            raw_size=len(raw),
+            raw_sha256=hashlib.sha256(raw).hexdigest(),
+            raw_truncated=len(kept) < len(raw),
+            raw_text=text,
+            raw_base64=None if text is not None else base64.b64encode(kept).decode("ascii"),
+        )
+
+    def raw(self) -> bytes:
+        """The bytes kept (all of them unless raw_truncated)."""
+        if self.raw_text is not None:
+            return self.raw_text.encode("utf-8")
+        return base64.b64decode(self.raw_base64 or "")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> DeadLetter:
+        try:
+            return cls.model_validate_json(raw or b"")
+        except ValidationError as exc:
+            raise MessageError(f"invalid dead letter: {exc.errors(include_url=False)}") from exc
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")

@@ -1,4 +1,6 @@
-"""The one place that names Kafka topics (DESIGN.md, "Topics")."""
+"""The one place that names Kafka topics, consumer groups and question statuses (DESIGN.md, "Topics")."""
+
+from enum import Enum
 
 QUESTIONS_PENDING = "questions-pending"
 LLM_REQUESTS = "llm-requests"
@@ -21,6 +23,25 @@ ALL_TOPICS = (
     LOW_QUALITY_RESPONSES,
     DEAD_LETTER,
 )
+
+
+class Status(str, Enum):
+    """A question's status (PostgreSQL `questions.status`, `GET /status`)."""
+
+    PENDING = "pending"
+    VALIDATED = "validated"
+    LOW_QUALITY = "low_quality"
+    FAILED = "failed"
+
+
+TERMINAL_STATUSES = frozenset({Status.VALIDATED, Status.LOW_QUALITY, Status.FAILED})
+# Each outcome topic means one terminal status; dead-letter marks the question failed (with the reason).
+TERMINAL_STATUS_BY_TOPIC = {
+    VALIDATED_RESPONSES: Status.VALIDATED,
+    LOW_QUALITY_RESPONSES: Status.LOW_QUALITY,
+    LLM_RESPONSES_ERROR: Status.FAILED,
+    DEAD_LETTER: Status.FAILED,
+}
 
 # Consumer groups, one per role, so replicas of a role share the work.
 GROUP_LLM_CONSUMER = "llm-consumer"
