@@ -1,27 +1,30 @@
-"""Kafka client helpers: a producer with confirmed delivery, the one consumer loop, topic creation.
+"""Kafka client helpers: a producer with confirmed delivery, the one consumer runner, topic creation.
 
-The consumer loop is at-least-once: an offset is committed only after everything the handler
-produced for that message was acknowledged by the broker. Messages that cannot be parsed go to the
-dead-letter topic with their raw bytes and the reason; they are never dropped.
+The runner is at-least-once: a handler takes a message and returns what to produce; the runner
+produces it, waits until the broker acknowledged all of it, and only then commits the consumed
+offset. Whatever arrives, the loop keeps going: bytes that are not a valid message go to the
+dead-letter topic with the reason (never dropped), a handler that keeps failing on a message
+dead-letters it, an outage (broker, database) is waited out with capped backoff, and a failed commit
+or dead-letter produce is retried. No single message can stop the process.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common import topics
-from common.messages import MessageError, PipelineMessage, utc_now
+from common.messages import DeadLetter, PipelineMessage
+from common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,21 @@ DEFAULT_PARTITIONS = 3
 MAX_HANDLER_FAILURES = 5
 HANDLER_FAILURE_BACKOFF_S = 2.0
 MAX_TRANSIENT_BACKOFF_S = 30.0
+COMMIT_RETRY_S = 2.0
+# Java's default partitioner for keyed records: murmur2(key) % partitions. The same here, so a
+# question_id lands on the same partition whether Python or the Flink job's Kafka sink wrote it.
+PARTITIONER = "murmur2_random"
+
+# (topic, message) to produce; the key is the message's question_id.
+Output = tuple[str, PipelineMessage | DeadLetter]
+# handler(message, source_topic) -> what to produce; raise RetryLater to wait, TransientError for outages.
+Handler = Callable[[PipelineMessage, str], Sequence[Output]]
+# For consumers of the dead-letter topic: the envelope instead of a pipeline message.
+DeadLetterHandler = Callable[[DeadLetter, str], Sequence[Output]]
+# Called once what a handler returned was acknowledged by the broker (before the commit).
+DeliveredHook = Callable[[PipelineMessage, Sequence[Output]], None]
+
+Where = tuple[str, int, int]  # topic, partition, offset of a consumed message
 
 
 class DeliveryError(RuntimeError):
@@ -48,6 +66,11 @@ class RetryLater(Exception):
         self.due = due
 
 
+def message_key(message: PipelineMessage | DeadLetter) -> bytes | None:
+    """Every message is keyed by its question, so all events of a question stay on one partition."""
+    return message.question_id.encode("utf-8") if message.question_id else None
+
+
 class ConfirmedProducer:
     """A producer whose `flush()` raises unless every message since the last flush was acknowledged."""
 
@@ -59,6 +82,7 @@ class ConfirmedProducer:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": 5,
+                "partitioner": PARTITIONER,
                 # After this the client gives up on a message for good and reports it failed.
                 "message.timeout.ms": int(message_timeout_s * 1000),
             }
@@ -70,8 +94,8 @@ class ConfirmedProducer:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err}")
 
-    def send(self, topic: str, message: PipelineMessage) -> None:
-        self.send_raw(topic, message.key, message.to_bytes())
+    def send(self, topic: str, message: PipelineMessage | DeadLetter) -> None:
+        self.send_raw(topic, message_key(message), message.to_bytes())
 
     def send_raw(self, topic: str, key: bytes | None, value: bytes, headers: list | None = None) -> None:
         while True:
@@ -80,6 +104,8 @@ class ConfirmedProducer:
                 break
             except BufferError:  # local queue full: let it drain, then try again
                 self._producer.poll(0.5)
+            except KafkaException as exc:
+                raise DeliveryError(f"could not enqueue for {topic}: {exc}") from exc
         self._producer.poll(0)
 
     def send_and_wait(self, topic: str, message: PipelineMessage) -> None:
@@ -115,27 +141,7 @@ class ConfirmedProducer:
             raise DeliveryError(f"{remaining} unacknowledged, failures: {failures}")
 
 
-def dead_letter_payload(msg: Message, reason: str) -> bytes:
-    raw = msg.value() or b""
-    envelope = {
-        "schema_version": 1,
-        "reason": reason,
-        "source_topic": msg.topic(),
-        "partition": msg.partition(),
-        "offset": msg.offset(),
-        "key": (msg.key() or b"").decode("utf-8", "replace"),
-        "raw_base64": base64.b64encode(raw).decode("ascii"),
-        "raw_text": raw.decode("utf-8", "replace"),
-        "failed_at": utc_now().isoformat(),
-    }
-    return json.dumps(envelope, ensure_ascii=False).encode("utf-8")
-
-
-# handler(message, producer, source_topic): produce what follows; raise RetryLater to wait.
-Handler = Callable[[PipelineMessage, ConfirmedProducer, str], None]
-
-
-def position(msg: Message) -> tuple[str, int, int]:
+def position(msg: Message) -> Where:
     """Topic, partition and offset of a consumed message (the client types them as optional)."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     if topic is None or partition is None or offset is None:
@@ -143,8 +149,37 @@ def position(msg: Message) -> tuple[str, int, int]:
     return topic, partition, offset
 
 
+def transient_backoff_s(outages: int) -> float:
+    """Wait before retrying after the n-th consecutive outage (1, 2, ...): doubling, capped."""
+    return min(MAX_TRANSIENT_BACKOFF_S, HANDLER_FAILURE_BACKOFF_S * 2 ** max(0, outages - 1))
+
+
+def handler_backoff_s(failures: int) -> float:
+    """Wait before handing a message back to a handler that failed on it n times."""
+    return HANDLER_FAILURE_BACKOFF_S * failures
+
+
+def gives_up(handler_failures: int) -> bool:
+    """A handler that failed this often on one message will not succeed: stop retrying it."""
+    return handler_failures >= MAX_HANDLER_FAILURES
+
+
+def checked_outputs(outputs: Any) -> list[Output]:
+    """What a handler returned, as a list; anything else is the handler's bug (a handler failure)."""
+    checked = list(outputs)
+    for output in checked:
+        if not (
+            isinstance(output, tuple)
+            and len(output) == 2
+            and isinstance(output[0], str)
+            and isinstance(output[1], (PipelineMessage, DeadLetter))
+        ):
+            raise TypeError(f"a handler must return (topic, message) pairs, got {output!r:.200}")
+    return checked
+
+
 @dataclass
-class _PausedPartitions:
+class PausedPartitions:
     """Partitions held back until a time; resumed by the poll loop, so the session stays alive."""
 
     due: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -177,9 +212,12 @@ class Heartbeat:
     def beat(self) -> None:
         now = time.monotonic()
         if self.path and now - self._last >= self.every_s:
-            with open(self.path, "a"):
-                os.utime(self.path)
             self._last = now
+            try:
+                with open(self.path, "a"):
+                    os.utime(self.path)
+            except OSError as exc:  # a liveness file we cannot touch must not stop the work
+                log.warning("cannot touch the liveness file", extra={"path": self.path, "error": str(exc)})
 
 
 class StopFlag:
@@ -199,6 +237,10 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep up to `timeout_s`, waking at once when the flag is set."""
+        return self._event.wait(timeout_s)
+
 
 def consumer_config(bootstrap_servers: str, group_id: str, client_id: str) -> dict:
     return {
@@ -213,93 +255,326 @@ def consumer_config(bootstrap_servers: str, group_id: str, client_id: str) -> di
     }
 
 
-def run_consumer(
-    *,
-    bootstrap_servers: str,
-    group_id: str,
-    client_id: str,
-    source_topics: list[str],
-    handler: Handler,
-    stop: StopFlag,
-    producer: ConfirmedProducer | None = None,
-    liveness_file: str | None = None,
-) -> None:
-    """Consume `source_topics` until `stop` is set, calling `handler` for each valid message."""
-    heartbeat = Heartbeat(liveness_file)
-    producer = producer or ConfirmedProducer(bootstrap_servers, client_id)
-    paused = _PausedPartitions()
-    failures: dict[tuple[str, int, int], int] = {}
-    consumer = Consumer(consumer_config(bootstrap_servers, group_id, client_id))
-    consumer.subscribe(
-        source_topics, on_revoke=lambda c, parts: paused.forget(parts), on_lost=lambda c, parts: paused.forget(parts)
-    )
-    log.info("consumer started", extra={"group": group_id, "topics": source_topics})
-    try:
-        while not stop.is_set():
-            heartbeat.beat()
-            paused.resume_due(consumer, time.time())
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", extra={"error": str(error)})
-                continue
-            _handle_one(consumer, producer, msg, handler, paused, failures)
-    finally:
+@dataclass
+class _Outcome:
+    """What one consumed message leads to: the outputs to produce, then the commit."""
+
+    outputs: list[Output]
+    message: PipelineMessage | None = None  # for the delivered hook; None for dead letters
+
+
+class ConsumerRunner:
+    """Consumes `source_topics` until `stop` is set; each message goes through `handle`."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        group_id: str,
+        client_id: str,
+        stage: str,
+        source_topics: list[str],
+        handler: Handler,
+        stop: StopFlag,
+        dead_letter_handler: DeadLetterHandler | None = None,
+        producer: ConfirmedProducer | None = None,
+        liveness_file: str | None = None,
+        on_delivered: DeliveredHook | None = None,
+        consumer: Consumer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if topics.DEAD_LETTER in source_topics and dead_letter_handler is None:
+            raise ValueError(f"{stage} consumes {topics.DEAD_LETTER} but has no dead_letter_handler")
+        self.group_id, self.stage, self.source_topics = group_id, stage, source_topics
+        self.handler, self.dead_letter_handler, self.on_delivered = handler, dead_letter_handler, on_delivered
+        self.stop, self.clock = stop, clock
+        self.consumer = consumer or Consumer(consumer_config(bootstrap_servers, group_id, client_id))
+        self.producer = producer or ConfirmedProducer(bootstrap_servers, client_id)
+        self.paused = PausedPartitions()
+        self.heartbeat = Heartbeat(liveness_file)
+        # Two counters per message, because they mean different things: an outage is waited out
+        # forever; a handler that keeps failing on a message is given up on.
+        self.outages: dict[Where, int] = {}
+        self.handler_failures: dict[Where, int] = {}
+        # Outputs a handler returned that the broker has not acknowledged yet: when the message comes
+        # back they are sent again instead of running the handler (and its LLM call) a second time.
+        self.unacknowledged: dict[Where, _Outcome] = {}
+        self.uncommitted: dict[tuple[str, int], int] = {}  # next offset per partition, commit failed
+        self._commit_retry_at = 0.0
+        self._assigned: list[TopicPartition] = []
+
+    @classmethod
+    def for_service(cls, settings: ServiceSettings, *, client_id: str, **options: Any) -> ConsumerRunner:
+        """A runner as every service runs one: the settings' broker and liveness file; SIGTERM stops it."""
+        return cls(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=client_id,
+            liveness_file=settings.liveness_file,
+            stop=StopFlag().install(),
+            **options,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.consumer.subscribe(
+            self.source_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("consumer started", extra={"group": self.group_id, "topics": self.source_topics})
         try:
-            producer.flush(10)
-        except DeliveryError:
-            log.exception("pending messages not acknowledged at shutdown; their sources stay uncommitted")
-        consumer.close()
-        log.info("consumer stopped", extra={"group": group_id})
+            while not self.stop.is_set():
+                self.poll_once()
+        finally:
+            self._shutdown()
 
+    def poll_once(self, timeout_s: float = 0.5) -> None:
+        """One turn of the loop: housekeeping, then at most one message. Never raises for a message."""
+        self.heartbeat.beat()
+        try:
+            self._resume_assigned()
+            self._retry_commits()
+            self.paused.resume_due(self.consumer, self.clock())
+            msg = self.consumer.poll(timeout_s)
+        except Exception as exc:  # mostly the broker being away; the client reconnects by itself
+            log.warning(
+                "consumer call failed; retrying", extra={"group": self.group_id, "error": str(exc)}, exc_info=exc
+            )
+            self.stop.wait(1.0)
+            return
+        if msg is None:
+            return
+        error = msg.error()
+        if error is not None:
+            if error.fatal():  # the client is unusable: exit so the supervisor starts a fresh one
+                raise KafkaException(error)
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error", extra={"group": self.group_id, "error": str(error)})
+            return
+        try:
+            self.handle(msg)
+        except Exception as exc:  # noqa: BLE001 - one message must never end the loop
+            self._hold_after_surprise(msg, exc)
 
-def _handle_one(consumer, producer, msg, handler, paused, failures) -> None:
-    where = (msg.topic(), msg.partition(), msg.offset())
-    try:
-        message = PipelineMessage.from_bytes(msg.value())
-    except MessageError as exc:
-        _dead_letter(consumer, producer, msg, f"unparseable: {exc}")
-        return
-    context = {"question_id": message.question_id, "topic": msg.topic(), "offset": msg.offset()}
-    try:
-        handler(message, producer, msg.topic())
-        producer.flush()
-    except RetryLater as later:
-        paused.hold(consumer, msg, later.due)
-        return
-    except (TransientError, DeliveryError) as exc:  # a dependency is down: wait it out, however long
-        count = failures.get(where, 0) + 1
-        failures[where] = count
-        delay = min(MAX_TRANSIENT_BACKOFF_S, HANDLER_FAILURE_BACKOFF_S * 2 ** (count - 1))
+    def handle(self, msg: Message) -> None:
+        """One consumed message: decode, call the handler, produce, flush, then commit."""
+        where = position(msg)
+        outcome = self.unacknowledged.get(where)
+        if outcome is None:
+            if where[0] == topics.DEAD_LETTER:
+                outcome = self._outcome_of_dead_letter(msg)
+            else:
+                outcome = self._outcome_of_message(msg)
+        if outcome is not None:
+            self._deliver(msg, outcome)
+
+    # -- deciding what a message leads to ---------------------------------------------------------
+
+    def _outcome_of_message(self, msg: Message) -> _Outcome | None:
+        topic = position(msg)[0]
+        try:
+            message = PipelineMessage.from_bytes(msg.value())
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they become a dead letter
+            return self._dead_letter(msg, f"unparseable: {exc}")
+        context = {"question_id": message.question_id, "run": message.run, "attempt": message.attempt}
+        try:
+            outputs = checked_outputs(self.handler(message, topic))
+        except Exception as exc:  # noqa: BLE001 - classified by _after_failure
+            if not self._after_failure(msg, exc, context):
+                return None
+            log.error("handler failed repeatedly; dead-lettering", extra={**context, **self._where_extra(msg)})
+            return self._dead_letter(msg, f"handler failed {MAX_HANDLER_FAILURES} times: {exc}", message)
+        return _Outcome(outputs, message)
+
+    def _outcome_of_dead_letter(self, msg: Message) -> _Outcome | None:
+        topic = position(msg)[0]
+        try:
+            letter = DeadLetter.from_bytes(msg.value())
+        except Exception as exc:  # noqa: BLE001 - a bad dead letter is skipped, never dead-lettered again
+            log.error(
+                "undecodable dead letter skipped",
+                extra={"question_id": _key_text(msg), **self._where_extra(msg), "reason": str(exc)[:500]},
+            )
+            return _Outcome([])
+        context = {"question_id": letter.question_id, "stage": letter.stage}
+        assert self.dead_letter_handler is not None  # checked in __init__
+        try:
+            outputs = checked_outputs(self.dead_letter_handler(letter, topic))
+        except Exception as exc:  # noqa: BLE001 - classified by _after_failure
+            if not self._after_failure(msg, exc, context):
+                return None
+            # Dead-lettering a dead letter would loop; it stays on the topic for a replay.
+            log.error("dead-letter handler failed repeatedly; skipped", extra={**context, **self._where_extra(msg)})
+            return _Outcome([])
+        return _Outcome(outputs)
+
+    def _after_failure(self, msg: Message, exc: Exception, context: dict) -> bool:
+        """Arrange the retry a handler's exception calls for; True when the handler is given up on."""
+        where = position(msg)
+        if isinstance(exc, RetryLater):
+            self.paused.hold(self.consumer, msg, exc.due)
+            return False
+        if isinstance(exc, (TransientError, DeliveryError)):  # a dependency is down: wait it out
+            self._wait_out_outage(msg, exc, context)
+            return False
+        failures = self.handler_failures.get(where, 0) + 1
+        self.handler_failures[where] = failures
+        if gives_up(failures):
+            return True
+        log.warning(
+            "handler failed; will retry",
+            extra={**context, **self._where_extra(msg), "failures": failures, "error": str(exc)[:500]},
+            exc_info=exc,
+        )
+        self.paused.hold(self.consumer, msg, self.clock() + handler_backoff_s(failures))
+        return False
+
+    def _dead_letter(self, msg: Message, reason: str, message: PipelineMessage | None = None) -> _Outcome:
+        where = position(msg)
+        letter = DeadLetter.wrap(
+            msg.value(),
+            stage=self.stage,
+            reason=reason,
+            source_topic=where[0],
+            partition=where[1],
+            offset=where[2],
+            key=msg.key(),
+            message=message,
+        )
+        log.error(
+            "sending to dead-letter",
+            extra={"question_id": letter.question_id, **self._where_extra(msg), "reason": letter.reason[:500]},
+        )
+        return _Outcome([(topics.DEAD_LETTER, letter)])
+
+    # -- producing and committing -----------------------------------------------------------------
+
+    def _deliver(self, msg: Message, outcome: _Outcome) -> None:
+        where = position(msg)
+        try:
+            for topic, out in outcome.outputs:
+                self.producer.send(topic, out)
+            if outcome.outputs:
+                self.producer.flush()
+        except (DeliveryError, KafkaException) as exc:  # the broker is away: hold the message, keep the outputs
+            self.unacknowledged[where] = outcome
+            self._wait_out_outage(msg, exc, {"question_id": _question_of(outcome, msg)})
+            return
+        self.unacknowledged.pop(where, None)
+        self.outages.pop(where, None)
+        self.handler_failures.pop(where, None)
+        if outcome.message is not None and self.on_delivered is not None:
+            try:
+                self.on_delivered(outcome.message, outcome.outputs)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping after delivery must not block the commit
+                log.warning(
+                    "after-delivery hook failed",
+                    extra={"question_id": outcome.message.question_id, "error": str(exc)[:500]},
+                )
+        self._commit(where)
+
+    def _wait_out_outage(self, msg: Message, exc: Exception, context: dict) -> None:
+        where = position(msg)
+        outages = self.outages.get(where, 0) + 1
+        self.outages[where] = outages
+        delay = transient_backoff_s(outages)
         log.warning(
             "dependency unavailable; will retry",
-            extra={**context, "failures": count, "retry_in_s": delay, "error": str(exc)},
+            extra={**context, **self._where_extra(msg), "outages": outages, "retry_in_s": delay, "error": str(exc)},
         )
-        paused.hold(consumer, msg, time.time() + delay)
-        return
-    except Exception as exc:
-        count = failures.get(where, 0) + 1
-        failures[where] = count
-        if count >= MAX_HANDLER_FAILURES:
-            log.error("handler failed repeatedly; dead-lettering", extra=context, exc_info=True)
-            failures.pop(where, None)
-            _dead_letter(consumer, producer, msg, f"handler failed {count} times: {exc}")
-        else:
-            log.warning("handler failed; will retry", extra={**context, "failures": count, "error": str(exc)})
-            paused.hold(consumer, msg, time.time() + HANDLER_FAILURE_BACKOFF_S * count)
-        return
-    failures.pop(where, None)
-    consumer.commit(message=msg, asynchronous=False)
+        self.paused.hold(self.consumer, msg, self.clock() + delay)
+
+    def _commit(self, where: Where) -> None:
+        topic, partition, offset = where
+        self.uncommitted[(topic, partition)] = offset + 1
+        self._commit_retry_at = 0.0
+        self._retry_commits()
+
+    def _retry_commits(self) -> None:
+        """Commit every offset still owed; a failure (broker away, rebalance) is retried later."""
+        if not self.uncommitted or self.clock() < self._commit_retry_at:
+            return
+        owed = dict(self.uncommitted)
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in owed.items()], asynchronous=False)
+        except KafkaException as exc:
+            self._commit_retry_at = self.clock() + COMMIT_RETRY_S
+            log.warning("commit failed; will retry", extra={"group": self.group_id, "error": str(exc)})
+            return
+        for key, offset in owed.items():
+            if self.uncommitted.get(key) == offset:
+                del self.uncommitted[key]
+
+    def _hold_after_surprise(self, msg: Message, exc: Exception) -> None:
+        """A failure outside every expected path: log it, and give the message another go later."""
+        log.error(
+            "unexpected error while processing a message; will retry",
+            extra={"question_id": _key_text(msg), "error": str(exc)[:500]},
+            exc_info=exc,
+        )
+        try:
+            where = position(msg)
+            surprises = self.outages.get(where, 0) + 1
+            self.outages[where] = surprises
+            self.paused.hold(self.consumer, msg, self.clock() + transient_backoff_s(surprises))
+        except Exception:  # even that failed; the loop goes on (the offset stays uncommitted)
+            log.exception("could not hold the message back")
+
+    # -- rebalances -------------------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps the application's pause flag across a rebalance: a partition held when it
+        # was revoked would come back paused with no due time to resume it. Resumed on the next turn
+        # of the loop, once the assignment is in place.
+        self.paused.forget(partitions)
+        self._assigned.extend(partitions)
+
+    def _resume_assigned(self) -> None:
+        if self._assigned:
+            self.consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in self._assigned])
+            self._assigned = []  # only once resumed: a failure is retried on the next turn
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit_retry_at = 0.0
+        self._retry_commits()  # last chance to commit what this consumer finished
+        self._forget(partitions)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)  # the group moved on: our offsets cannot be committed any more
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        self.paused.forget(partitions)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for key in list(self.uncommitted):
+            if key in gone:
+                del self.uncommitted[key]
+        for table in (self.outages, self.handler_failures, self.unacknowledged):
+            for where in [w for w in table if (w[0], w[1]) in gone]:
+                del table[where]
+
+    def _shutdown(self) -> None:
+        try:
+            self.producer.flush(10)
+        except (DeliveryError, KafkaException):
+            log.exception("pending messages not acknowledged at shutdown; their sources stay uncommitted")
+        self._commit_retry_at = 0.0
+        try:
+            self._retry_commits()
+        finally:
+            self.consumer.close()
+            log.info("consumer stopped", extra={"group": self.group_id})
+
+    @staticmethod
+    def _where_extra(msg: Message) -> dict:
+        return {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
 
 
-def _dead_letter(consumer: Consumer, producer: ConfirmedProducer, msg: Message, reason: str) -> None:
-    log.error("sending to dead-letter", extra={"topic": msg.topic(), "offset": msg.offset(), "reason": reason})
-    producer.send_raw(topics.DEAD_LETTER, msg.key(), dead_letter_payload(msg, reason))
-    producer.flush()
-    consumer.commit(message=msg, asynchronous=False)
+def _key_text(msg: Message) -> str | None:
+    key = msg.key()
+    return key.decode("utf-8", "replace")[:256] if isinstance(key, bytes) else None
+
+
+def _question_of(outcome: _Outcome, msg: Message) -> str | None:
+    return outcome.message.question_id if outcome.message is not None else _key_text(msg)
 
 
 def ensure_topics(

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,7 +23,7 @@ class MessageError(ValueError):
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def normalise_question(text: str) -> str:
@@ -35,6 +35,26 @@ def normalise_question(text: str) -> str:
 def question_id_for(text: str) -> str:
     """Stable id: the same question sent twice is one pipeline run."""
     return hashlib.sha256(normalise_question(text).encode("utf-8")).hexdigest()[:32]
+
+
+# No field of the schema nests more than a few levels; unknown fields get generous room.
+MAX_NESTING_DEPTH = 64
+
+
+def nesting_depth(data: Any) -> int:
+    """How deeply lists and objects nest in decoded JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class Score(BaseModel):
@@ -71,7 +91,11 @@ class PipelineMessage(BaseModel):
     original_answer: str = ""
     run: int = Field(default=1, ge=1)  # bumped when a failed/low-quality question is asked again
     attempt: int = Field(default=1, ge=1)
+    # Error retries within this attempt, in total (part of the LLM-call dedupe key) and per budget:
+    # the overload and quota retry consumers each spend only their own.
     retry_count: int = Field(default=0, ge=0)
+    overload_retries: int = Field(default=0, ge=0)
+    quota_retries: int = Field(default=0, ge=0)
     llm_answer: str | None = None
     model: str | None = None
     llm_latency_ms: float | None = None
@@ -92,25 +116,35 @@ class PipelineMessage(BaseModel):
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> PipelineMessage:
+        """The message in `raw`; every way bytes can be wrong (not UTF-8, not JSON, nested a few
+        thousand levels deep, not an object, not the schema) is a MessageError, nothing else."""
         if raw is None:
-            raise MessageError("empty message value")
+            raise MessageError("empty message value (null record)")
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except RecursionError as exc:  # a few KB of `[[[[` exhausts the decoder's stack
+            raise MessageError("not JSON: nested too deeply to decode") from exc
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
             raise MessageError(f"not JSON: {exc}") from exc
         return cls.from_dict(data)
 
     @classmethod
     def from_dict(cls, data: Any) -> PipelineMessage:
         if not isinstance(data, dict):
-            raise MessageError("message is not a JSON object")
+            raise MessageError(f"message is not a JSON object but {type(data).__name__}")
         version = data.get("schema_version")
         if version not in SUPPORTED_SCHEMA_VERSIONS:
-            raise MessageError(f"unsupported schema_version: {version!r}")
+            raise MessageError(f"unsupported schema_version: {str(version)[:50]!r}")
+        # Unknown fields are kept, so a deep one would parse here and fail later when the message is
+        # re-published (pydantic refuses to serialise past a few hundred levels).
+        if nesting_depth(data) > MAX_NESTING_DEPTH:
+            raise MessageError(f"message nested deeper than {MAX_NESTING_DEPTH} levels")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise MessageError(f"invalid message: {exc.errors(include_url=False)}") from exc
+            raise MessageError(f"invalid message: {exc.errors(include_url=False)}"[:1_000]) from exc
+        except (RecursionError, ValueError, TypeError) as exc:
+            raise MessageError(f"invalid message: {exc}"[:1_000]) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -214,7 +248,9 @@ class DeadLetter(BaseModel):
         try:
             return cls.model_validate_json(raw or b"")
         except ValidationError as exc:
-            raise MessageError(f"invalid dead letter: {exc.errors(include_url=False)}") from exc
+            raise MessageError(f"invalid dead letter: {exc.errors(include_url=False)}"[:1_000]) from exc
+        except (RecursionError, ValueError) as exc:
+            raise MessageError(f"invalid dead letter: {exc}"[:1_000]) from exc
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")

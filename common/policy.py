@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from common import topics
-from common.messages import PipelineMessage, Score, ScoreRecord
+from common.messages import LLMError, PipelineMessage, Score, ScoreRecord
 
 
-class Route(str, Enum):
+class Route(StrEnum):
     VALIDATED = topics.VALIDATED_RESPONSES
     REGENERATE = topics.QUESTIONS_PENDING
     LOW_QUALITY = topics.LOW_QUALITY_RESPONSES
@@ -24,7 +25,7 @@ def route_by_score(f1: float, attempt: int, threshold: float, max_attempts: int)
     return Route.LOW_QUALITY
 
 
-class FailureKind(str, Enum):
+class FailureKind(StrEnum):
     OVERLOAD = "overload"
     QUOTA = "quota"
     ERROR = "error"
@@ -48,16 +49,48 @@ def classify_llm_failure(status: int | None, *, timed_out: bool = False, unreach
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """One retry budget: overload (503, timeouts) or quota (429). Each counts only its own retries."""
+
+    kind: FailureKind
     base_delay_s: float
     max_retries: int
     exponential: bool
 
-    def delay_s(self, retry_count: int) -> float:
-        """Overload: base * 2^retry_count; quota: the fixed base."""
-        return self.base_delay_s * (2**retry_count if self.exponential else 1)
+    def spent(self, message: PipelineMessage) -> int:
+        """Retries of this kind already made within the message's attempt."""
+        return message.quota_retries if self.kind is FailureKind.QUOTA else message.overload_retries
 
-    def exhausted(self, retry_count: int) -> bool:
-        return retry_count >= self.max_retries
+    def delay_s(self, retries: int) -> float:
+        """Overload: base * 2^retries (overload retries only); quota: the fixed base."""
+        return self.base_delay_s * (2**retries if self.exponential else 1)
+
+    def exhausted(self, retries: int) -> bool:
+        return retries >= self.max_retries
+
+    def due_at(self, message: PipelineMessage) -> float:
+        """When a failed call may be retried (epoch seconds): the delay counts from the failure."""
+        return message.updated_at.timestamp() + self.delay_s(self.spent(message))
+
+    def retried(self, message: PipelineMessage, due: float) -> PipelineMessage:
+        """The message to ask the LLM again: one more retry in total and in this kind's budget."""
+        counter = "quota_retries" if self.kind is FailureKind.QUOTA else "overload_retries"
+        return message.evolve(
+            retry_count=message.retry_count + 1,
+            **{counter: self.spent(message) + 1},
+            error=None,
+            not_before=datetime.fromtimestamp(due, UTC),
+        )
+
+    def given_up(self, message: PipelineMessage, source_topic: str) -> PipelineMessage:
+        """The failed outcome once this kind's budget is spent (the question fails)."""
+        previous = message.error.message if message.error else ""
+        spent = self.spent(message)
+        error = LLMError(
+            status=message.error.status if message.error else None,
+            kind="retries_exhausted",
+            message=f"gave up after {spent} {self.kind.value} retries ({source_topic}): {previous}"[:500],
+        )
+        return message.evolve(error=error)
 
 
 def after_scoring(
@@ -78,7 +111,9 @@ def after_scoring(
             score=score,
             score_history=history,
             attempt=message.attempt + 1,
-            retry_count=0,
+            retry_count=0,  # every attempt starts with fresh retry budgets
+            overload_retries=0,
+            quota_retries=0,
             llm_answer=None,
             error=None,
             not_before=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.policy import RetryPolicy
+from common.policy import FailureKind, RetryPolicy
 
 
 class ServiceSettings(BaseSettings):
@@ -14,6 +14,9 @@ class ServiceSettings(BaseSettings):
 
     kafka_bootstrap_servers: str = "localhost:9092"
     log_level: str = "INFO"
+    # storage_service keeps the questions here; llm_consumer reads them (and its call ledger) to skip
+    # messages of finished questions before calling the LLM.
+    database_url: str = "postgresql://yahoo:yahoo@localhost:5432/yahoo_llm"
     # Workers touch this file at every poll: a container healthcheck reads its age (liveness).
     liveness_file: str | None = None
 
@@ -30,8 +33,10 @@ class PipelineSettings(ServiceSettings):
 
     @property
     def overload_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retry_overload_base_delay_s, self.retry_overload_max_retries, exponential=True)
+        return RetryPolicy(
+            FailureKind.OVERLOAD, self.retry_overload_base_delay_s, self.retry_overload_max_retries, exponential=True
+        )
 
     @property
     def quota_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retry_quota_delay_s, self.retry_quota_max_retries, exponential=False)
+        return RetryPolicy(FailureKind.QUOTA, self.retry_quota_delay_s, self.retry_quota_max_retries, exponential=False)

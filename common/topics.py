@@ -1,6 +1,6 @@
 """The one place that names Kafka topics, consumer groups and question statuses (DESIGN.md, "Topics")."""
 
-from enum import Enum
+from enum import StrEnum
 
 QUESTIONS_PENDING = "questions-pending"
 LLM_REQUESTS = "llm-requests"
@@ -25,7 +25,7 @@ ALL_TOPICS = (
 )
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     """A question's status (PostgreSQL `questions.status`, `GET /status`)."""
 
     PENDING = "pending"

@@ -1,4 +1,5 @@
-"""What the HTTP services share: JSON errors (never a stack trace), body validation, gunicorn."""
+"""What the HTTP services share: JSON errors (never a stack trace), body validation, the OpenAPI
+description, gunicorn on a loopback address by default."""
 
 from __future__ import annotations
 
@@ -6,13 +7,29 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import date, datetime
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request, jsonify
+from flask import Flask, Request, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
+
+# The APIs' own bodies nest three levels at most; deeper ones are refused before anything walks them.
+MAX_JSON_DEPTH = 32
+# Kept in the repository (docs/openapi/<service>.json) and served at GET /openapi.json.
+OPENAPI_DIR = Path(__file__).resolve().parent.parent / "docs" / "openapi"
+
+
+class WebSettings(BaseSettings):
+    """Where the HTTP services listen. Loopback unless BIND_HOST says otherwise (containers: 0.0.0.0)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    bind_host: str = "127.0.0.1"
 
 
 class ApiError(Exception):
@@ -21,10 +38,51 @@ class ApiError(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-def json_body(request: Request, max_bytes: int, *, require_json_type: bool = True) -> dict[str, Any]:
+def _refuse_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def unsafe_text_reason(text: str) -> str | None:
+    """Why `text` cannot be stored or sent on (PostgreSQL refuses NUL; UTF-8 has no lone surrogates)."""
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone UTF-16 surrogate"
+    return None
+
+
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> ApiError | None:
+    """The first reason a parsed JSON value is refused (too deep, unsafe text), or None.
+
+    Walks iteratively, so a value of any depth is checked without recursion.
+    """
+    pending: list[tuple[Any, int, str]] = [(value, 1, "body")]
+    while pending:
+        item, depth, where = pending.pop()
+        if isinstance(item, (dict, list)) and depth > max_depth:
+            return ApiError(400, "too_deep", f"JSON nested deeper than {max_depth} levels")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if reason := unsafe_text_reason(key):
+                    return ApiError(400, "invalid_text", f"a key in {where} contains {reason}")
+                pending.append((child, depth + 1, f"{where}.{key}"))
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str) and (reason := unsafe_text_reason(item)):
+            return ApiError(400, "invalid_text", f"{where} contains {reason}")
+    return None
+
+
+def json_body(
+    request: Request, max_bytes: int, *, require_json_type: bool = True, max_depth: int = MAX_JSON_DEPTH
+) -> dict[str, Any]:
     """The request's JSON object, or an ApiError with the right status (413, 415, 400).
 
     `require_json_type=False` parses the body whatever its Content-Type, as Ollama's API does.
+    Refused with 400: malformed JSON (NaN and Infinity included), not an object, nested deeper than
+    `max_depth`, or any string holding a NUL character or a lone surrogate.
     """
     if request.content_length is not None and request.content_length > max_bytes:
         raise ApiError(413, "payload_too_large", f"request body over {max_bytes} bytes")
@@ -34,11 +92,16 @@ def json_body(request: Request, max_bytes: int, *, require_json_type: bool = Tru
     if len(raw) > max_bytes:
         raise ApiError(413, "payload_too_large", f"request body over {max_bytes} bytes")
     try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
+        data = json.loads(raw, parse_constant=_refuse_json_constant) if raw else None
+    except RecursionError:
+        raise ApiError(400, "too_deep", f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError:  # also bytes that are not UTF-8 (UnicodeDecodeError)
         data = None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object")
+    problem = json_problem(data, max_depth)
+    if problem is not None:
+        raise problem
     return data
 
 
@@ -52,6 +115,8 @@ def required_text(data: dict[str, Any], field: str, max_chars: int, *, required:
         raise ApiError(400, "invalid_field", f"'{field}' must not be empty")
     if len(value) > max_chars:
         raise ApiError(413, "field_too_long", f"'{field}' is over {max_chars} characters")
+    if reason := unsafe_text_reason(value):  # also for callers that did not use json_body
+        raise ApiError(400, "invalid_text", f"'{field}' contains {reason}")
     return value
 
 
@@ -65,9 +130,29 @@ class IsoJSONProvider(DefaultJSONProvider):
         return DefaultJSONProvider.default(value)
 
 
-def configure_json_api(app: Flask) -> None:
-    """ISO dates in JSON, and every error as JSON: {"error": ..., "message": ...}."""
+@cache
+def openapi_document(name: str) -> dict[str, Any]:
+    """docs/openapi/<name>.json, read once."""
+    return json.loads((OPENAPI_DIR / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def refuse_unsafe_url() -> None:
+    """Before every routed request: a NUL character in the path or query is a 400, not a database
+    error. An unknown route or method keeps its 404/405."""
+    if request.routing_exception is not None:
+        return
+    for part in [request.path, *request.args.keys(), *request.args.values()]:
+        if reason := unsafe_text_reason(part):
+            raise ApiError(400, "invalid_url", f"the URL contains {reason}")
+
+
+def configure_json_api(app: Flask, *, openapi: str | None = None) -> None:
+    """ISO dates in JSON, every error as JSON: {"error": ..., "message": ...}, and, with `openapi`
+    (a file name under docs/openapi/), the service's OpenAPI description at GET /openapi.json."""
     app.json = IsoJSONProvider(app)
+    # "/status//x" is a 404 in JSON, not an HTML redirect to "/status/x". (Routes added after this.)
+    app.url_map.merge_slashes = False
+    app.before_request(refuse_unsafe_url)
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
@@ -82,15 +167,31 @@ def configure_json_api(app: Flask) -> None:
         log.exception("unhandled error")
         return jsonify(error="internal_error", message="internal error; see the service log"), 500
 
+    if openapi is not None:
+        document = openapi_document(openapi)  # at start: a missing file fails the service, not a request
+        app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(document), methods=["GET"])
 
-def serve(app_factory: Callable[[], Flask], port: int, *, threads: int = 8, timeout_s: int = 120) -> None:
-    """Run under gunicorn: one worker (the app holds models/clients and counters), several threads."""
+
+def serve(
+    app_factory: Callable[[], Flask],
+    port: int,
+    *,
+    bind_host: str | None = None,
+    threads: int = 8,
+    timeout_s: int = 120,
+) -> None:
+    """Run under gunicorn: one worker (the app holds models/clients and counters), several threads.
+
+    Listens on `bind_host`, by default BIND_HOST (127.0.0.1: nothing is exposed unless asked).
+    """
     from gunicorn.app.base import BaseApplication
+
+    host = bind_host or WebSettings().bind_host
 
     class _App(BaseApplication):
         def load_config(self) -> None:
             for key, value in {
-                "bind": f"0.0.0.0:{port}",
+                "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
                 "workers": 1,
                 "threads": threads,
                 "worker_class": "gthread",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from common.settings import PipelineSettings
+from common.settings import PipelineSettings, ServiceSettings
 
 
 class JobSettings(PipelineSettings):
@@ -11,5 +11,21 @@ class JobSettings(PipelineSettings):
     flink_checkpoint_interval_ms: int = 5000
     scorer_concurrency: int = 8
     scorer_request_timeout_s: float = 60.0
-    scorer_max_wait_s: float = 120.0
+    # A record that fails this many times while the scorer answers others (or is refused with a 4xx)
+    # goes to dead-letter; failures while nothing answers are an outage, waited out (scoring.py).
+    scorer_record_max_failures: int = 3
+    scorer_max_backoff_s: float = 10.0
     scorer_max_text_chars: int = 20_000
+
+
+class WatchdogSettings(ServiceSettings):
+    """The watchdog that keeps the job deployed (flink_job/watchdog.py)."""
+
+    flink_rest_url: str = "http://localhost:8081"
+    flink_bin: str | None = None  # default: the `flink` script of the installed PyFlink
+    # Where the cluster writes checkpoints (execution.checkpointing.dir): the watchdog restores the
+    # job from the latest one there. None: always from the committed offsets.
+    flink_checkpoints_dir: str | None = None
+    watchdog_interval_s: float = 2.0
+    # Job folders kept under flink_checkpoints_dir (each submission starts a new one).
+    watchdog_keep_checkpoint_jobs: int = 3

@@ -1,27 +1,27 @@
 """Flink Score Validator Job.
 
-llm-responses-success -> BERTScore (score_validator, asynchronous, bounded retries) ->
+llm-responses-success -> BERTScore (score_validator, asynchronous) ->
     F1 >= QUALITY_THRESHOLD            -> validated-responses
     below, attempt < MAX_ATTEMPTS      -> questions-pending (attempt + 1: regenerate)
     below, attempt == MAX_ATTEMPTS     -> low-quality-responses
-    not a valid message                -> dead-letter
+    a null value, bytes that are not a message, an answer the scorer cannot score -> dead-letter
 
-Delivery: the Kafka source starts from the group's committed offsets (earliest the first time) and
-commits on checkpoints; the sink is at-least-once (flushed on every checkpoint). While the scorer is
-down a record is retried with backoff; past SCORER_MAX_WAIT_S the task fails and Flink restarts it
-from the last checkpoint, so nothing is dropped and no score is invented.
+Delivery: the Kafka source starts from the group's committed offsets (earliest the first time), or
+from the retained checkpoint the watchdog restores (flink_job/watchdog.py), and commits on
+checkpoints; the sink is at-least-once (flushed on every checkpoint). While the scorer is down the
+job waits with backoff (backpressure: nothing dropped, no score invented); a record the scorer
+cannot score while it scores others goes to dead-letter after SCORER_RECORD_MAX_FAILURES tries
+(flink_job/scoring.py tells the two apart).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import sys
 
 from pyflink.common import Row, Time, Types, WatermarkStrategy
-from pyflink.common.serialization import SerializationSchema, SimpleStringSchema
+from pyflink.common.serialization import SerializationSchema
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.async_data_stream import AsyncDataStream
 from pyflink.datastream.connectors.base import DeliveryGuarantee
@@ -32,93 +32,116 @@ from pyflink.datastream.connectors.kafka import (
     KafkaSink,
     KafkaSource,
 )
+from pyflink.datastream.externalized_checkpoint_retention import ExternalizedCheckpointRetention
 from pyflink.datastream.functions import AsyncFunction
 from pyflink.java_gateway import get_gateway
 
 from common import topics
 from common.flink_rest import SCORE_JOB_NAME as JOB_NAME
+from common.messages import MessageError, Score
 from flink_job.config import JobSettings
+from flink_job.scoring import (
+    PROBE_PAIR,
+    CallResult,
+    Output,
+    ScorerFailure,
+    ScorerHealth,
+    SourceRecord,
+    Unscorable,
+    classify_status,
+    dead_letter_output,
+    decode_message,
+    decode_source_record,
+    routed_output,
+    score_until_judged,
+)
 
 OUTPUT_TYPE = Types.ROW_NAMED(["topic", "key", "value"], [Types.STRING(), Types.STRING(), Types.STRING()])
 
 log = logging.getLogger("flink_job")
 
 
-class PermanentScoringError(Exception):
-    """The scorer refused this input (4xx): retrying cannot help, the record goes to dead-letter."""
-
-
 class ScoreAndRoute(AsyncFunction):
-    """Scores one answer against its reference and decides where the message goes next."""
+    """Scores one answer against its reference and decides where the message goes next.
+
+    Never raises for a record: whatever a record holds, it ends routed or dead-lettered, so no
+    record can fail the task and be met again after every restart.
+    """
 
     def __init__(self, settings: JobSettings) -> None:
         self.url = settings.score_validator_url.rstrip("/") + "/score"
         self.threshold = settings.quality_threshold
         self.max_attempts = settings.max_attempts
         self.request_timeout_s = settings.scorer_request_timeout_s
-        self.max_wait_s = settings.scorer_max_wait_s
         self.max_chars = settings.scorer_max_text_chars
+        self.max_strikes = settings.scorer_record_max_failures
+        self.max_backoff_s = settings.scorer_max_backoff_s
+        self._health: ScorerHealth | None = None
+
+    def open(self, runtime_context) -> None:
+        self._health = ScorerHealth(self._probe)
 
     async def async_invoke(self, raw: str) -> list[Row]:
-        from common.messages import MessageError, PipelineMessage
-        from common.policy import after_scoring
-
+        record = decode_source_record(raw)
         try:
-            message = PipelineMessage.from_bytes(raw.encode("utf-8"))
+            output = await self._process(record)
+        except Exception as exc:  # a case nobody foresaw: dead-letter the record, keep the stream going
+            log.exception(
+                "unexpected error; record dead-lettered (partition %s, offset %s)", record.partition, record.offset
+            )
+            output = dead_letter_output(record, f"unexpected error in the Flink job: {type(exc).__name__}: {exc}")
+        return [Row(*output)]
+
+    async def _process(self, record: SourceRecord) -> Output:
+        try:
+            message = decode_message(record)
         except MessageError as exc:
-            return [dead_letter_row(raw, None, f"unparseable: {exc}")]
-        try:
-            score = await self._score(message.llm_answer or "", message.original_answer)
-        except PermanentScoringError as exc:
-            return [dead_letter_row(raw, message.question_id, f"scorer refused: {exc}")]
-        topic, out = after_scoring(message, score, self.threshold, self.max_attempts)
-        return [Row(topic, out.question_id, out.to_bytes().decode("utf-8"))]
+            return dead_letter_output(record, f"unparseable: {exc}")
+        payload = {
+            "candidate": (message.llm_answer or "")[: self.max_chars],
+            "reference": message.original_answer[: self.max_chars],
+        }
+        if self._health is None:  # open() not called (a direct test): one state for this instance
+            self._health = ScorerHealth(self._probe)
+        result = await score_until_judged(
+            lambda: self._call(payload),
+            self._health,
+            max_strikes=self.max_strikes,
+            max_backoff_s=self.max_backoff_s,
+            question_id=message.question_id,
+        )
+        if isinstance(result, Unscorable):
+            return dead_letter_output(record, result.reason, message)
+        return routed_output(message, result, self.threshold, self.max_attempts)
 
-    async def _score(self, candidate: str, reference: str):
-        """POST /score with exponential backoff on transient failures, up to max_wait_s in all."""
+    async def _call(self, payload: dict) -> CallResult:
+        """One POST /score; every outcome is a CallResult (a score, or a classified failure)."""
         import aiohttp
 
-        from common.messages import Score
+        try:
+            # A client per call: async_invoke runs on another thread than open().
+            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(self.url, json=payload) as resp,
+            ):
+                body = await resp.text()
+                failure = classify_status(resp.status)
+                if failure is not None:
+                    return CallResult(failure=failure, detail=f"HTTP {resp.status}: {body[:300]}")
+                return CallResult(score=Score.model_validate_json(body))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return CallResult(failure=ScorerFailure.UNAVAILABLE, detail=f"{type(exc).__name__}: {exc}")
+        except ValueError as exc:  # a 200 whose body is not a score: the scorer misbehaves
+            return CallResult(failure=ScorerFailure.UNAVAILABLE, detail=f"not a score: {str(exc)[:300]}")
 
-        payload = {"candidate": candidate[: self.max_chars], "reference": reference[: self.max_chars]}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
-        delay, last_error = 0.5, ""
-        while True:
-            try:
-                # A client per call: async_invoke runs on another thread than open().
-                timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-                async with (
-                    aiohttp.ClientSession(timeout=timeout) as session,
-                    session.post(self.url, json=payload) as resp,
-                ):
-                    body = await resp.text()
-                    if resp.status == 200:
-                        return Score.model_validate_json(body)
-                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
-                        raise PermanentScoringError(f"HTTP {resp.status}: {body[:300]}")
-                    last_error = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            if loop.time() + delay > deadline:
-                # Fail the task: Flink restarts it from the last checkpoint (backpressure, no loss).
-                raise RuntimeError(f"score_validator unavailable for {self.max_wait_s}s: {last_error}")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    async def _probe(self) -> bool:
+        """Does the scorer score a pair that always scores? (Outage or unscorable record.)"""
+        return (await self._call(dict(PROBE_PAIR))).score is not None
 
     def timeout(self, value: str) -> list[Row]:
-        raise TimeoutError("scoring did not finish in time; the task restarts from its last checkpoint")
-
-
-def dead_letter_row(raw: str, key: str | None, reason: str) -> Row:
-    envelope = {
-        "schema_version": 1,
-        "reason": reason,
-        "source_topic": topics.LLM_RESPONSES_SUCCESS,
-        "raw_text": raw,
-        "stage": "flink_job",
-    }
-    return Row(topics.DEAD_LETTER, key, json.dumps(envelope, ensure_ascii=False))
+        # Not reached: the operator has no timeout (0), since an outage is waited out, not failed.
+        raise TimeoutError("scoring did not finish in time")
 
 
 def row_field_schema(index: int) -> SerializationSchema:
@@ -127,23 +150,26 @@ def row_field_schema(index: int) -> SerializationSchema:
 
 
 def build_pipeline(env: StreamExecutionEnvironment, settings: JobSettings) -> None:
-    source = (
+    builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(settings.kafka_bootstrap_servers)
         .set_topics(topics.LLM_RESPONSES_SUCCESS)
         .set_group_id(topics.GROUP_FLINK)
         .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
-        .set_value_only_deserializer(SimpleStringSchema())
         .set_property("commit.offsets.on.checkpoint", "true")
         .set_property("partition.discovery.interval.ms", "60000")
-        .build()
     )
-    answers = env.from_source(source, WatermarkStrategy.no_watermarks(), "llm-responses-success").uid("kafka-source")
+    # The whole record as JSON with base64 bytes (flink_job/java): PyFlink's builder only offers
+    # value-only deserializers, and SimpleStringSchema fails the task on a null value.
+    builder._j_builder.setDeserializer(get_gateway().jvm.yahoollm.flink.RawRecordDeserializationSchema())
+    answers = env.from_source(
+        builder.build(), WatermarkStrategy.no_watermarks(), "llm-responses-success", type_info=Types.STRING()
+    ).uid("kafka-source")
     routed = (
         AsyncDataStream.unordered_wait(
             answers,
             ScoreAndRoute(settings),
-            Time.seconds(int(settings.scorer_max_wait_s + 2 * settings.scorer_request_timeout_s)),
+            Time.milliseconds(0),  # no timeout: an outage is waited out (flink_job/scoring.py)
             capacity=settings.scorer_concurrency,
             output_type=OUTPUT_TYPE,
         )
@@ -174,6 +200,11 @@ def main(argv: list[str]) -> None:
     env = StreamExecutionEnvironment.get_execution_environment()
     env.set_parallelism(settings.flink_parallelism)
     env.enable_checkpointing(settings.flink_checkpoint_interval_ms, CheckpointingMode.AT_LEAST_ONCE)
+    # Kept when the job stops (JobManager lost, suspended, cancelled): the watchdog resubmits the
+    # job from the latest one (flink_job/watchdog.py) and prunes the old ones.
+    env.get_checkpoint_config().set_externalized_checkpoint_retention(
+        ExternalizedCheckpointRetention.RETAIN_ON_CANCELLATION
+    )
     build_pipeline(env, settings)
     log.info(
         "submitting %s: threshold %s, max attempts %s, scorer %s",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from confluent_kafka import KafkaException
 from flask import Flask, jsonify, render_template_string, request
@@ -46,7 +46,7 @@ PAGE = """<!doctype html>
 
 
 def when(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def create_app(browser: KafkaBrowser, max_limit: int = 200) -> Flask:

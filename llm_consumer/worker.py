@@ -3,9 +3,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 
 from common import topics
-from common.kafka import ConfirmedProducer, StopFlag, run_consumer
+from common.kafka import ConsumerRunner, Output
+from common.ledger import CallLedger, QuestionState, skip_reason
 from common.messages import LLMError, PipelineMessage
 from common.policy import FAILURE_TOPICS, classify_llm_failure
 from llm_consumer.clients import LLMFailure, OllamaClient, OpenAIClient, build_prompt
@@ -13,12 +15,32 @@ from llm_consumer.config import LLMConsumerSettings
 
 log = logging.getLogger(__name__)
 
+STAGE = "llm-consumer"
 
-def llm_handler(client: OllamaClient | OpenAIClient):
-    def handle(message: PipelineMessage, producer: ConfirmedProducer, _topic: str) -> None:
-        context = {"question_id": message.question_id, "attempt": message.attempt, "retry_count": message.retry_count}
+# What the handler asks before a call: the question's state, or None when that cannot be known.
+StateLookup = Callable[[PipelineMessage], QuestionState | None]
+
+
+def llm_handler(client: OllamaClient | OpenAIClient, state_of: StateLookup = lambda _m: None):
+    """questions-pending -> [(llm-requests, the request), (success or error topic, the result)].
+
+    A message whose step was already answered, or whose question is already over, is skipped
+    before the LLM call (common.ledger): it produces nothing and is committed.
+    """
+
+    def handle(message: PipelineMessage, _topic: str) -> list[Output]:
+        context = {
+            "question_id": message.question_id,
+            "run": message.run,
+            "attempt": message.attempt,
+            "retry_count": message.retry_count,
+        }
+        reason = skip_reason(message, state_of(message))
+        if reason is not None:
+            log.info("skipped before the LLM call", extra={**context, "reason": reason.value})
+            return []
         body = client.request_body(build_prompt(message.question_text))
-        producer.send(topics.LLM_REQUESTS, message.evolve(llm_request={"url": client.url, "body": body}))
+        request = (topics.LLM_REQUESTS, message.evolve(llm_request={"url": client.url, "body": body}))
         try:
             generation = client.generate(body)
         except LLMFailure as exc:
@@ -27,17 +49,30 @@ def llm_handler(client: OllamaClient | OpenAIClient):
                 "LLM call failed", extra={**context, "kind": kind.value, "status": exc.status, "error": str(exc)}
             )
             error = LLMError(status=exc.status, kind=kind.value, message=str(exc)[:500])
-            producer.send(FAILURE_TOPICS[kind], message.evolve(error=error))
-            return
+            return [request, (FAILURE_TOPICS[kind], message.evolve(error=error))]
         log.info("LLM answered", extra={**context, "latency_ms": round(generation.latency_ms)})
-        producer.send(
-            topics.LLM_RESPONSES_SUCCESS,
-            message.evolve(
-                llm_answer=generation.text, model=generation.model, llm_latency_ms=generation.latency_ms, error=None
-            ),
+        answered = message.evolve(
+            llm_answer=generation.text, model=generation.model, llm_latency_ms=generation.latency_ms, error=None
         )
+        return [request, (topics.LLM_RESPONSES_SUCCESS, answered)]
 
     return handle
+
+
+def result_topic(outputs: Sequence[Output]) -> str | None:
+    """Where the call's result went (the output that is not the audit copy on llm-requests)."""
+    return next((topic for topic, _ in outputs if topic != topics.LLM_REQUESTS), None)
+
+
+def mark_answered_after_delivery(ledger: CallLedger):
+    """The runner's delivered hook: the step counts as answered once its result was acknowledged."""
+
+    def on_delivered(message: PipelineMessage, outputs: Sequence[Output]) -> None:
+        topic = result_topic(outputs)
+        if topic is not None:
+            ledger.mark_answered(message, topic)
+
+    return on_delivered
 
 
 def make_client(settings: LLMConsumerSettings) -> OllamaClient | OpenAIClient:
@@ -60,13 +95,18 @@ def make_client(settings: LLMConsumerSettings) -> OllamaClient | OpenAIClient:
 
 def run(settings: LLMConsumerSettings) -> None:
     client = make_client(settings)
+    client_id = settings.llm_consumer_id or f"llm-consumer-{socket.gethostname()}-{os.getpid()}"
+    ledger = CallLedger(settings.database_url, consumer=client_id)
     log.info("LLM backend", extra={"backend": settings.llm_backend, "url": client.url, "model": settings.llm_model})
-    run_consumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=topics.GROUP_LLM_CONSUMER,
-        client_id=settings.llm_consumer_id or f"llm-consumer-{socket.gethostname()}-{os.getpid()}",
-        source_topics=[topics.QUESTIONS_PENDING],
-        handler=llm_handler(client),
-        stop=StopFlag().install(),
-        liveness_file=settings.liveness_file,
-    )
+    try:
+        ConsumerRunner.for_service(
+            settings,
+            group_id=topics.GROUP_LLM_CONSUMER,
+            client_id=client_id,
+            stage=STAGE,
+            source_topics=[topics.QUESTIONS_PENDING],
+            handler=llm_handler(client, ledger.state),
+            on_delivered=mark_answered_after_delivery(ledger),
+        ).run()
+    finally:
+        ledger.close()

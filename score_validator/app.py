@@ -12,7 +12,7 @@ from score_validator.scorer import Pair, Scorer
 def create_app(settings: ScoreValidatorSettings, scorer: Scorer) -> Flask:
     app = Flask("score_validator")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    configure_json_api(app)
+    configure_json_api(app, openapi="score_validator")
 
     def parse_pair(item) -> Pair:
         if not isinstance(item, dict):

@@ -14,13 +14,15 @@ import time
 
 from common import topics
 from common.flink_rest import list_jobs, score_job_active
-from common.kafka import ConfirmedProducer, StopFlag, run_consumer
+from common.kafka import ConsumerRunner, Output
 from common.messages import PipelineMessage
 from common.policy import after_scoring
 from score_validator.config import ScoreValidatorSettings
 from score_validator.scorer import Pair, Scorer
 
 log = logging.getLogger(__name__)
+
+STAGE = "score-validator-backup"
 
 
 class FlinkJobWatch:
@@ -42,16 +44,16 @@ class FlinkJobWatch:
 
 
 def backup_handler(scorer: Scorer, watch: FlinkJobWatch, threshold: float, max_attempts: int):
-    def handle(message: PipelineMessage, producer: ConfirmedProducer, _topic: str) -> None:
+    def handle(message: PipelineMessage, _topic: str) -> list[Output]:
         if watch.active():
-            return  # the Flink job routes this one; only the offset moves on
+            return []  # the Flink job routes this one; only the offset moves on
         [score] = scorer.score([Pair(message.llm_answer or "", message.original_answer)])
         topic, out = after_scoring(message, score, threshold, max_attempts)
         log.info(
             "scored by the backup consumer",
             extra={"question_id": message.question_id, "f1": score.f1, "routed_to": topic},
         )
-        producer.send(topic, out)
+        return [(topic, out)]
 
     return handle
 
@@ -63,12 +65,11 @@ def run_backup_consumer(settings: ScoreValidatorSettings) -> None:
     handler = backup_handler(
         Scorer(settings), FlinkJobWatch(settings.flink_rest_url), settings.quality_threshold, settings.max_attempts
     )
-    run_consumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+    ConsumerRunner.for_service(
+        settings,
         group_id=topics.GROUP_SCORE_VALIDATOR_BACKUP,
-        client_id="score-validator-backup",
+        client_id=STAGE,
+        stage=STAGE,
         source_topics=[topics.LLM_RESPONSES_SUCCESS],
         handler=handler,
-        stop=StopFlag().install(),
-        liveness_file=settings.liveness_file,
-    )
+    ).run()

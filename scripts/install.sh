@@ -28,9 +28,12 @@ install_system_packages() {
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null || missing+=(maven)
+  command -v cc >/dev/null || missing+=(gcc)  # builds scripts/platform/loopback_bind.c (stack.py)
   # Static checks of the Docker fleet (no engine needed): compose's own parser, and npm for dclint.
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v npm >/dev/null || missing+=(npm)
+  # actionlint runs shellcheck over the workflows' run: blocks when it is on PATH.
+  command -v shellcheck >/dev/null || missing+=(shellcheck)
   [ ${#missing[@]} -eq 0 ] && return
   say "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -40,11 +43,11 @@ install_system_packages() {
 find_python() {
   for candidate in "${PYTHON:-}" python3.11 python3; do
     [ -n "$candidate" ] && command -v "$candidate" >/dev/null || continue
-    if "$candidate" -c 'import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 12) else 1)'; then
+    if "$candidate" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)'; then
       echo "$candidate"; return
     fi
   done
-  say "need Python 3.10-3.12 (PyFlink ${FLINK_VERSION} supports up to 3.12); set PYTHON=/path/to/python"; exit 1
+  say "need Python 3.11-3.12 (PyFlink ${FLINK_VERSION} supports up to 3.12); set PYTHON=/path/to/python"; exit 1
 }
 
 install_venv() {
@@ -82,14 +85,14 @@ install_flink_jars() {
     rm -f "$lib"/flink-sql-connector-kafka-*.jar
     cp "$STATE/jars/$connector" "$lib/"
   fi
-  # The job's key/value serializer: compiled against the cluster's own flink-dist jar.
-  local src="$ROOT/flink_job/java/src/main/java/yahoollm/flink/RowFieldSerializationSchema.java"
-  local want; want="$(sha256sum "$src" | cut -c1-16)"
+  # The job's Kafka (de)serializers: compiled against the cluster's own flink-dist and connector jars.
+  local src=("$ROOT"/flink_job/java/src/main/java/yahoollm/flink/*.java)
+  local want; want="$(cat "${src[@]}" | sha256sum | cut -c1-16)"
   if ! stamp_ok "$STATE/jars/yahoo-llm-flink.stamp" "$want" || [ ! -f "$lib/yahoo-llm-flink.jar" ]; then
-    say "compiling the Flink job's serializer"
+    say "compiling the Flink job's serializers"
     local build="$STATE/jars/yahoo-llm-flink-classes"
     rm -rf "$build"; mkdir -p "$build"
-    javac -nowarn --release 11 -cp "$lib/*" -d "$build" "$src"
+    javac -nowarn --release 11 -cp "$lib/*" -d "$build" "${src[@]}"
     jar cf "$lib/yahoo-llm-flink.jar" -C "$build" .
     echo "$want" > "$STATE/jars/yahoo-llm-flink.stamp"
   fi
@@ -104,10 +107,24 @@ install_node_tools() {
   echo "$want" > "$STATE/tools/.installed"
 }
 
+# actionlint (lints .github/workflows in `make test`): a Go module built with the machine's Go; the
+# module and build caches live in $CACHE so a fresh clone rebuilds it from disk.
+install_go_tools() {
+  local want="github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  stamp_ok "$STATE/tools/bin/.installed" "$want" && [ -x "$STATE/tools/bin/actionlint" ] && return
+  local go; go="$(command -v go || echo /usr/local/go/bin/go)"
+  [ -x "$go" ] || { say "need Go (https://go.dev) to build actionlint"; exit 1; }
+  say "building actionlint $ACTIONLINT_VERSION from the Go module proxy"
+  mkdir -p "$STATE/tools/bin"
+  GOBIN="$STATE/tools/bin" GOMODCACHE="$CACHE/go/mod" GOCACHE="$CACHE/go/build" "$go" install "$want"
+  echo "$want" > "$STATE/tools/bin/.installed"
+}
+
 mkdir -p "$STATE" "$CACHE"
 install_system_packages
 install_venv
 install_kafka_jars
 install_flink_jars
 install_node_tools
+install_go_tools
 say "ready ($VENV)"

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import glob
+import ipaddress
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,9 +23,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,6 +49,29 @@ def read_versions() -> dict[str, str]:
     return versions
 
 
+def url_host(host: str) -> str:
+    """A host as it appears in a URL or a listener (IPv6 literals in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` carrying `password` (percent-encoded), unless it already carries one."""
+    parsed = urlparse(url)
+    if parsed.password is not None:
+        return url
+    user = quote(unquote(parsed.username or ""), safe="")
+    netloc = f"{user}:{quote(password, safe='')}@{parsed.netloc.rsplit('@', 1)[-1]}"
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def masked(url: str) -> str:
+    """`url` with its password hidden, for printing."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where one stack keeps its state, and the ports it listens on (from the environment)."""
@@ -59,6 +85,37 @@ class Layout:
 
     def path(self, *parts: str) -> Path:
         return self.home.joinpath(*parts)
+
+    def secret(self, name: str) -> str:
+        """A password generated once per stack, kept 0600 in <stack>/secrets/<name>."""
+        folder = self.path("secrets")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        file = folder / name
+        try:
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return file.read_text().strip()
+        value = secrets.token_urlsafe(24)  # letters, digits, '-' and '_': safe in URLs and configs
+        with os.fdopen(fd, "w") as out:
+            out.write(value + "\n")
+        return value
+
+    @property
+    def bind_host(self) -> str:
+        """Where every port of the stack listens: loopback unless BIND_HOST says otherwise."""
+        from common.web import WebSettings
+
+        return self.env.get("BIND_HOST") or WebSettings.model_fields["bind_host"].default
+
+    @property
+    def llm_timeout_s(self) -> float:
+        from llm_consumer.config import LLMConsumerSettings
+
+        return float(self.env.get("LLM_TIMEOUT_S") or LLMConsumerSettings.model_fields["llm_timeout_s"].default)
+
+    @property
+    def postgres_superuser_password(self) -> str:
+        return self.secret("postgres-superuser")
 
     @property
     def kafka_port(self) -> int:
@@ -74,8 +131,19 @@ class Layout:
         return self.env.get("DATABASE_URL") or "postgresql://yahoo:yahoo@localhost:5432/yahoo_llm"
 
     @property
+    def redis_port(self) -> int:
+        return urlparse(self.env.get("REDIS_URL") or "redis://localhost:6379/0").port or 6379
+
+    @property
+    def redis_password(self) -> str:
+        """The password in REDIS_URL, else REDIS_PASSWORD, else one generated for this stack."""
+        in_url = urlparse(self.env.get("REDIS_URL") or "").password
+        return unquote(in_url) if in_url else self.env.get("REDIS_PASSWORD") or self.secret("redis")
+
+    @property
     def redis_url(self) -> str:
-        return self.env.get("REDIS_URL") or "redis://localhost:6379/0"
+        """REDIS_URL as every process gets it: with the password."""
+        return with_password(self.env.get("REDIS_URL") or "redis://localhost:6379/0", self.redis_password)
 
     @property
     def flink_rest_port(self) -> int:
@@ -107,7 +175,7 @@ class Layout:
             "kafka": self.kafka_port,
             "kafka-controller": self.kafka_port + 1,
             "postgres": db.port or 5432,
-            "redis": urlparse(self.redis_url).port or 6379,
+            "redis": self.redis_port,
             "flink-rest": self.flink_rest_port,
             "storage-service": self.storage_port,
             "score-validator": self.scorer_port,
@@ -188,7 +256,8 @@ def write_kafka_config(layout: Layout) -> Path:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@localhost:{port + 1}",
-                f"listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{port + 1}",
+                # Clients on BIND_HOST; the controller only ever talks to this broker: loopback.
+                f"listeners=PLAINTEXT://{url_host(layout.bind_host)}:{port},CONTROLLER://localhost:{port + 1}",
                 f"advertised.listeners=PLAINTEXT://localhost:{port}",
                 "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -224,30 +293,108 @@ def format_kafka_storage(layout: Layout, classpath: str, conf: Path) -> None:
     )
 
 
+def as_postgres_user(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if running_as_root() else cmd
+
+
 def init_postgres_cluster(layout: Layout) -> None:
+    """Create the cluster on first start; on every start, make it password-only (SCRAM).
+
+    The superuser's password is generated once per stack (<stack>/secrets/postgres-superuser).
+    It is set in single-user mode, before the server starts, whenever the cluster is new or the
+    secret is (an existing cluster from before passwords, initialised with `trust`).
+    """
     data = layout.path("postgres", "data")
-    if (data / "PG_VERSION").exists():
-        return
-    log("initialising the PostgreSQL cluster (first start)")
-    data.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        str(postgres_bin() / "initdb"),
-        "-D",
-        str(data),
-        "-U",
-        "postgres",
-        "--auth-local=trust",
-        "--auth-host=scram-sha-256",
-        "-E",
-        "UTF8",
-        "--locale=C.UTF-8",
+    fresh = not (data / "PG_VERSION").exists()
+    if fresh:
+        log("initialising the PostgreSQL cluster (first start)")
+        data.mkdir(parents=True, exist_ok=True)
+        if running_as_root():
+            make_reachable_for("postgres", data)
+            shutil.chown(layout.path("postgres"), "postgres", "postgres")
+            shutil.chown(data, "postgres", "postgres")
+        # `trust` only until pg_hba.conf is rewritten below, before the server ever runs.
+        cmd = [str(postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+        subprocess.run(
+            as_postgres_user([*cmd, "-E", "UTF8", "--locale=C.UTF-8"]), check=True, capture_output=True, text=True
+        )
+    new_secret = not layout.path("secrets", "postgres-superuser").exists()
+    if fresh or new_secret:
+        if not fresh:
+            log("PostgreSQL: setting a superuser password and password authentication (was: trust)")
+        set_postgres_superuser_password(layout, data)
+    write_pg_hba(data, layout.bind_host)
+
+
+def set_postgres_superuser_password(layout: Layout, data: Path) -> None:
+    """ALTER ROLE in single-user mode: no server runs, so no connection (nor `trust`) is needed."""
+    password = layout.postgres_superuser_password.replace("'", "''")
+    single_user = [str(postgres_bin() / "postgres"), "--single", "-D", str(data), "-c", "exit_on_error=on", "postgres"]
+    result = subprocess.run(
+        as_postgres_user(single_user),
+        input=f"ALTER ROLE postgres WITH PASSWORD '{password}';\n",
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        layout.path("secrets", "postgres-superuser").unlink(missing_ok=True)  # so the next start retries
+        raise SystemExit(f"[stack] could not set the PostgreSQL superuser password: {result.stderr[-2000:]}")
+
+
+def pg_hba_lines(bind_host: str) -> list[str]:
+    """Password (SCRAM) authentication for every connection, never `trust`; from other hosts only
+    when BIND_HOST opens the port beyond loopback."""
+    lines = [
+        "# Written by scripts/stack.py at every start: passwords only (SCRAM), never trust.",
+        "# TYPE  DATABASE  USER  ADDRESS       METHOD",
+        "local   all       all                 scram-sha-256",
+        "host    all       all   127.0.0.1/32  scram-sha-256",
+        "host    all       all   ::1/128       scram-sha-256",
     ]
+    if bind_host not in {"127.0.0.1", "localhost", "::1"}:
+        lines += [
+            "host    all       all   0.0.0.0/0     scram-sha-256",
+            "host    all       all   ::/0          scram-sha-256",
+        ]
+    return [*lines, ""]
+
+
+def write_pg_hba(data: Path, bind_host: str) -> None:
+    hba = data / "pg_hba.conf"
+    hba.write_text("\n".join(pg_hba_lines(bind_host)))
+    hba.chmod(0o600)
     if running_as_root():
-        make_reachable_for("postgres", data)
-        shutil.chown(layout.path("postgres"), "postgres", "postgres")
-        shutil.chown(data, "postgres", "postgres")
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+        shutil.chown(hba, "postgres", "postgres")
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_bind_preload(layout: Layout) -> dict:
+    """LD_PRELOAD for the Flink processes: scripts/platform/loopback_bind.c, which turns their
+    wildcard binds (Beam's Fn API servers for the Python workers) into loopback ones. Built once per
+    stack with the system's C compiler; nothing when BIND_HOST is not loopback."""
+    if not is_loopback(layout.bind_host):
+        return {}
+    source = ROOT / "scripts" / "platform" / "loopback_bind.c"
+    built = layout.path("flink", "loopback_bind.so")
+    if not built.exists() or built.stat().st_mtime < source.stat().st_mtime:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            log("no C compiler (scripts/install.sh installs gcc): the Flink Python workers' ports stay on 0.0.0.0")
+            return {}
+        built.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [compiler, "-shared", "-fPIC", "-O2", "-o", str(built), str(source), "-ldl"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    return {"LD_PRELOAD": built}
 
 
 def write_flink_config(layout: Layout) -> Path:
@@ -262,12 +409,13 @@ def write_flink_config(layout: Layout) -> Path:
         "env.java.opts.all": java_opts,
         "env.pid.dir": str(flink / "run"),
         "env.log.dir": str(layout.path("logs")),
-        "jobmanager.bind-host": "localhost",
+        # Internal ports (RPC, blob server, data exchange) on loopback; the REST API on BIND_HOST.
+        "jobmanager.bind-host": "127.0.0.1",
         "jobmanager.rpc.address": "localhost",
         "jobmanager.rpc.port": 6123,
         "jobmanager.memory.process.size": "1024m",
         "jobmanager.execution.failover-strategy": "region",
-        "taskmanager.bind-host": "localhost",
+        "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "localhost",
         "taskmanager.numberOfTaskSlots": 2,
         "taskmanager.memory.process.size": "2048m",
@@ -275,7 +423,7 @@ def write_flink_config(layout: Layout) -> Path:
         "taskmanager.memory.task.off-heap.size": "256m",
         "parallelism.default": 1,
         "rest.address": "localhost",
-        "rest.bind-address": "0.0.0.0",
+        "rest.bind-address": layout.bind_host,
         "rest.port": layout.flink_rest_port,
         "python.executable": str(PYTHON),
         "python.client.executable": str(PYTHON),
@@ -315,6 +463,23 @@ def write_flink_config(layout: Layout) -> Path:
 # supervisord: one program per process, in two groups started in order.
 
 
+def literal(value: object) -> str:
+    """`value` as supervisord must read it: it expands `%(name)s` in commands, paths and
+    environment values, so a `%` of ours (a URL-encoded password) is written `%%`."""
+    return str(value).replace("%", "%%")
+
+
+def environment_line(environment: dict) -> str:
+    """KEY="value",... as supervisord parses it (shlex, without escapes: a `"` cannot be carried)."""
+    pairs = []
+    for key, value in environment.items():
+        text = literal(value)
+        if '"' in text or "\n" in text:
+            raise SystemExit(f"[stack] {key} contains a double quote or a newline, which supervisord cannot pass on")
+        pairs.append(f'{key}="{text}"')
+    return "environment=" + ",".join(pairs)
+
+
 def program(
     name: str,
     command: str,
@@ -324,19 +489,22 @@ def program(
     user: str | None = None,
     numprocs: int = 1,
     stopsignal: str = "TERM",
-    stopwaitsecs: int = 30,
+    stopwaitsecs: int | None = None,
     directory: Path = ROOT,
 ) -> str:
+    """One [program:x] section. The stop grace defaults to stop_grace_s(name); the priority makes
+    supervisord's own shutdown follow STOP_TIERS too."""
     lines = [
         f"[program:{name}]",
-        f"command={command}",
-        f"directory={directory}",
+        f"command={literal(command)}",
+        f"directory={literal(directory)}",
         "autostart=false",
         "autorestart=true",
         "startsecs=3",
         "startretries=5",
+        f"priority={stop_priority(name)}",
         f"stopsignal={stopsignal}",
-        f"stopwaitsecs={stopwaitsecs}",
+        f"stopwaitsecs={stopwaitsecs if stopwaitsecs is not None else stop_grace_s(name, layout)}",
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
@@ -347,15 +515,14 @@ def program(
         lines += [
             f"numprocs={numprocs}",
             "process_name=%(program_name)s-%(process_num)d",
-            f"stdout_logfile={layout.path('logs')}/%(program_name)s-%(process_num)d.log",
+            f"stdout_logfile={literal(layout.path('logs'))}/%(program_name)s-%(process_num)d.log",
         ]
     else:
-        lines.append(f"stdout_logfile={layout.path('logs', name + '.log')}")
+        lines.append(f"stdout_logfile={literal(layout.path('logs', name + '.log'))}")
     if user:
         lines.append(f"user={user}")
     if environment:
-        pairs = ",".join(f'{k}="{v}"' for k, v in environment.items())
-        lines.append(f"environment={pairs}")
+        lines.append(environment_line(environment))
     return "\n".join(lines) + "\n"
 
 
@@ -373,6 +540,49 @@ EMBEDDED_LLM = "local-llm"
 BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
 EMBEDDED_MODEL_NAME = "smollm2:135m"
 
+# `make down` stops one tier at a time, every process of a tier at once: first what consumes and
+# serves (so consumers finish the message in hand, flush and commit while Kafka and PostgreSQL are
+# still there), the platform last. Tier 0 is every program not named below: the API, the
+# consumers, the Flink job watchdog, the Kafka browser.
+STOP_TIERS: list[set[str]] = [
+    set(),
+    {EMBEDDED_LLM},  # after the LLM consumers, which may be waiting on it
+    {"flink-jobmanager", "flink-taskmanager"},
+    {"score-validator"},  # after the Flink job, its client
+    {"kafka"},
+    {"postgres", "redis"},
+]
+# An LLM consumer may be in a call of up to LLM_TIMEOUT_S when asked to stop; it then produces,
+# flushes and commits. Consumers get that long plus this margin before supervisord kills them.
+CONSUMERS = {"storage-consumer", "llm-consumer", "retry-overload-consumer", "retry-quota-consumer", BACKUP_SCORER}
+CONSUMER_STOP_MARGIN_S = 30
+DEFAULT_STOP_GRACE_S = 30
+
+
+def stop_tier(name: str) -> int:
+    """The tier of a program ('llm-consumer') or of one of its processes ('llm-consumer:llm-consumer-0')."""
+    program_name = name.split(":", 1)[0]
+    return next((i for i, names in enumerate(STOP_TIERS) if program_name in names), 0)
+
+
+def stop_priority(name: str) -> int:
+    """supervisord stops higher priorities first (and starts them last)."""
+    return 900 - 100 * stop_tier(name)
+
+
+def stop_plan(names: list[str]) -> list[list[str]]:
+    """`names` grouped into the tiers they stop in, first tier first, empty tiers left out."""
+    tiers: list[list[str]] = [[] for _ in STOP_TIERS]
+    for name in names:
+        tiers[stop_tier(name)].append(name)
+    return [sorted(tier) for tier in tiers if tier]
+
+
+def stop_grace_s(name: str, layout: Layout) -> int:
+    if name in CONSUMERS:
+        return int(layout.llm_timeout_s) + CONSUMER_STOP_MARGIN_S
+    return DEFAULT_STOP_GRACE_S
+
 
 def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
     versions = read_versions()
@@ -383,13 +593,14 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
     init_postgres_cluster(layout)
     flink_conf = write_flink_config(layout)
     flink_bin = pyflink_home() / "bin"
+    loopback_only = loopback_bind_preload(layout)
     db = urlparse(layout.database_url)
-    redis_port = urlparse(layout.redis_url).port or 6379
     pg_socket_dir = layout.path("postgres", "run")
     pg_socket_dir.mkdir(parents=True, exist_ok=True)
     if running_as_root():
         shutil.chown(pg_socket_dir, "postgres", "postgres")
     layout.path("redis").mkdir(parents=True, exist_ok=True)
+    redis_secrets = write_redis_secrets(layout)
     flink_env = {
         "FLINK_CONF_DIR": flink_conf,
         "FLINK_LOG_DIR": layout.path("logs"),
@@ -405,6 +616,7 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         "REDIS_URL": layout.redis_url,
         "OLLAMA_URL": layout.ollama_url,
         "YAHOO_LLM_STATE_DIR": STATE,
+        "BIND_HOST": layout.bind_host,
     }
     marker = layout.path("run", "embedded-llm")
     marker.unlink(missing_ok=True)
@@ -441,7 +653,8 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         program(
             "postgres",
             f"{postgres_bin() / 'postgres'} -D {layout.path('postgres', 'data')} -p {db.port or 5432} "
-            f"-c listen_addresses=localhost -c unix_socket_directories={pg_socket_dir} -c max_connections=100",
+            f"-c listen_addresses={layout.bind_host} -c unix_socket_directories={pg_socket_dir} "
+            "-c max_connections=100 -c password_encryption=scram-sha-256",
             layout,
             user="postgres" if running_as_root() else None,
             stopsignal="INT",
@@ -449,7 +662,8 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         ),
         program(
             "redis",
-            f"redis-server {ROOT}/redis/redis.conf --port {redis_port} --bind 127.0.0.1 "
+            f"redis-server {ROOT}/redis/redis.conf --port {layout.redis_port} --bind {layout.bind_host} "
+            f"--include {redis_secrets} "
             f"--dir {layout.path('redis')} --maxmemory {layout.env.get('REDIS_MAXMEMORY', '128mb')} "
             f"--maxmemory-policy {layout.env.get('REDIS_MAXMEMORY_POLICY', 'allkeys-lru')}",
             layout,
@@ -458,14 +672,14 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
             "flink-jobmanager",
             f"{flink_bin}/jobmanager.sh start-foreground",
             layout,
-            environment=flink_env,
+            environment={**flink_env, **loopback_only},
             stopwaitsecs=60,
         ),
         program(
             "flink-taskmanager",
             f"{flink_bin}/taskmanager.sh start-foreground",
             layout,
-            environment=flink_env,
+            environment={**flink_env, **loopback_only},
             stopwaitsecs=60,
         ),
         program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),
@@ -477,6 +691,19 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         program("kafka-ui", f"{py} -m kafka_ui", layout, environment=service_env),
         program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
         program(
+            WATCHDOG,
+            f"{py} -m flink_job.watchdog --log-file {layout.path('logs', 'flink-submit.log')}",
+            layout,
+            environment={
+                **service_env,
+                **flink_env,
+                "FLINK_REST_URL": f"http://localhost:{layout.flink_rest_port}",
+                "FLINK_CHECKPOINTS_DIR": layout.path("flink", "checkpoints"),
+                "SCORE_VALIDATOR_URL": layout.score_validator_url,
+                "TMPDIR": layout.path("flink", "tmp"),
+            },
+        ),
+        program(
             BACKUP_SCORER,
             f"{py} -m score_validator backup-consumer",
             layout,
@@ -484,8 +711,20 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         ),
     ]
     conf = layout.path("supervisord.conf")
+    conf.touch(mode=0o600)
+    conf.chmod(0o600)  # it holds the stack's passwords (in DATABASE_URL and REDIS_URL)
     conf.write_text("\n".join(sections))
     return conf
+
+
+def write_redis_secrets(layout: Layout) -> Path:
+    """The password, in a 0600 file redis-server includes: not on its command line, which `ps` shows."""
+    secrets_conf = layout.path("secrets", "redis.conf")
+    secrets_conf.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    password = layout.redis_password.replace("\\", "\\\\").replace('"', '\\"')
+    secrets_conf.touch(mode=0o600)
+    secrets_conf.write_text(f'requirepass "{password}"\n')
+    return secrets_conf
 
 
 def supervisorctl(layout: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -531,11 +770,19 @@ def kafka_ready(layout: Layout) -> bool:
 def postgres_ready(layout: Layout) -> bool:
     import psycopg
 
-    port = urlparse(layout.database_url).port or 5432
-    with psycopg.connect(
-        host=str(layout.path("postgres", "run")), port=port, user="postgres", dbname="postgres", connect_timeout=3
-    ):
+    with psycopg.connect(**postgres_superuser(layout), connect_timeout=3):
         return True
+
+
+def postgres_superuser(layout: Layout) -> dict:
+    """How the stack itself connects to its cluster: the socket, as `postgres`, with its password."""
+    return {
+        "host": str(layout.path("postgres", "run")),
+        "port": urlparse(layout.database_url).port or 5432,
+        "user": "postgres",
+        "password": layout.postgres_superuser_password,
+        "dbname": "postgres",
+    }
 
 
 def redis_ready(layout: Layout) -> bool:
@@ -554,23 +801,21 @@ def http_ok(url: str) -> bool:
 
 
 def init_database(layout: Layout) -> None:
-    """Create the role and database named in DATABASE_URL, then apply postgres/schema.sql."""
+    """Create the role and database named in DATABASE_URL, then apply postgres/schema.sql.
+
+    The role's password is set from DATABASE_URL at every start: a changed DATABASE_URL takes
+    effect, and a role created before password authentication gets a SCRAM hash.
+    """
     import psycopg
     from psycopg import sql
 
     url = urlparse(layout.database_url)
-    user, password, dbname = url.username or "yahoo", url.password or "yahoo", url.path.lstrip("/") or "yahoo_llm"
-    with psycopg.connect(
-        host=str(layout.path("postgres", "run")),
-        port=url.port or 5432,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone():
-            conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password))
-            )
+    user = unquote(url.username or "yahoo")
+    password = unquote(url.password or "yahoo")
+    dbname = url.path.lstrip("/") or "yahoo_llm"
+    with psycopg.connect(**postgres_superuser(layout), autocommit=True) as conn:
+        verb = "ALTER" if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(user)))
     with psycopg.connect(layout.database_url, autocommit=True) as conn:
@@ -584,25 +829,21 @@ def init_topics(layout: Layout) -> None:
     log(f"topics: created {', '.join(created)}" if created else "topics: all present")
 
 
-def deploy_flink_job(layout: Layout) -> None:
-    from flink_job.submit import submit
+WATCHDOG = "flink-job-watchdog"  # keeps the Flink job deployed (flink_job/watchdog.py); compose: flink-job-submit
 
-    # The `flink` client reads the cluster's config; its temp folders stay in the stack's folder.
-    os.environ.update(
-        {
-            "FLINK_CONF_DIR": str(layout.path("flink", "conf")),
-            "TMPDIR": str(layout.path("flink", "tmp")),
-            "FLINK_LOG_DIR": str(layout.path("logs")),
-            "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
-            "SCORE_VALIDATOR_URL": layout.score_validator_url,
-        }
-    )
-    submit(
-        f"http://localhost:{layout.flink_rest_port}",
-        str(pyflink_home() / "bin" / "flink"),
-        120,
-        layout.path("logs", "flink-submit.log"),
-    )
+
+def deploy_flink_job(layout: Layout) -> None:
+    """Starts the watchdog, which submits the job (and resubmits it whenever it goes missing), and
+    waits until every task of the job runs."""
+    from common.flink_rest import all_tasks_running, list_jobs, score_job
+
+    start_programs(layout, [WATCHDOG])
+
+    def job_runs() -> bool:
+        job = score_job(list_jobs(f"http://localhost:{layout.flink_rest_port}", timeout_s=3))
+        return job is not None and all_tasks_running(job)
+
+    wait_for("Flink job (submitted by flink-job-watchdog)", job_runs, 300, interval_s=1, layout=layout)
 
 
 def ollama_answers(url: str) -> bool:
@@ -676,8 +917,8 @@ def embedded_llm_configured(layout: Layout) -> bool:
 def print_summary(layout: Layout, platform_only: bool) -> None:
     lines = [
         f"Kafka            {layout.kafka_bootstrap}",
-        f"PostgreSQL       {layout.database_url}",
-        f"Redis            {layout.redis_url}",
+        f"PostgreSQL       {masked(layout.database_url)}",
+        f"Redis            {masked(layout.redis_url)}  (passwords: {layout.path('secrets')})",
         f"Flink dashboard  http://localhost:{layout.flink_rest_port}",
     ]
     if not platform_only:
@@ -697,8 +938,10 @@ def down(layout: Layout) -> None:
     if pid is None:
         log("not running")
         return
-    log("stopping every process (Flink, services, Kafka, PostgreSQL, Redis)")
-    supervisorctl(layout, "stop", "all", check=False)
+    for tier in stop_plan(running_processes(layout)):
+        log(f"stopping {', '.join(tier)}")
+        with ThreadPoolExecutor(max_workers=len(tier)) as pool:  # in parallel; each waits out its grace
+            list(pool.map(lambda name: supervisorctl(layout, "stop", name, check=False), tier))
     supervisorctl(layout, "shutdown", check=False)
     wait_for("supervisord to exit", lambda: supervisord_pid(layout) is None, 120)
     leftovers = [f"{name} :{port}" for name, port in layout.ports().items() if port_open(port)]
@@ -707,11 +950,35 @@ def down(layout: Layout) -> None:
     log("stopped; data kept in " + str(layout.home))
 
 
+def running_processes(layout: Layout) -> list[str]:
+    """Names ('kafka', 'llm-consumer:llm-consumer-0') of the processes supervisord has not stopped."""
+    lines = supervisorctl(layout, "status", check=False).stdout.splitlines()
+    idle = ("STOPPED", "EXITED", "FATAL")
+    return [line.split()[0] for line in lines if len(line.split()) > 1 and line.split()[1] not in idle]
+
+
 def status(layout: Layout) -> None:
     if supervisord_pid(layout) is None:
         log("not running")
         return
     print(supervisorctl(layout, "status", check=False).stdout, end="")
+    print(f"{'flink job':<33}{flink_job_status(layout)}")
+
+
+def flink_job_status(layout: Layout) -> str:
+    """The Flink job's state from the REST API, with a hint when it is not running."""
+    from common.flink_rest import MISSING, all_tasks_running, list_jobs, score_job
+
+    hint = f"; {WATCHDOG} resubmits it (log: {layout.path('logs', WATCHDOG + '.log')})"
+    try:
+        job = score_job(list_jobs(f"http://localhost:{layout.flink_rest_port}", timeout_s=3))
+    except (OSError, ValueError, KeyError) as exc:
+        return f"UNKNOWN (Flink REST API unreachable: {exc}){hint}"
+    if job is None:
+        return MISSING + hint
+    tasks = job.get("tasks", {})
+    state = f"{job['state']} (tasks running {tasks.get('running', 0)}/{tasks.get('total', 0)}, job {job['jid']})"
+    return state if all_tasks_running(job) else state + hint
 
 
 def main(argv: list[str] | None = None) -> None:

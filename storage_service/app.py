@@ -15,12 +15,16 @@ from psycopg_pool import PoolTimeout
 from common import topics
 from common.kafka import ConfirmedProducer, DeliveryError
 from common.messages import PipelineMessage, question_id_for
+from common.topics import Status
 from common.web import ApiError, configure_json_api, json_body, required_text
 from storage_service.cache import AnswerCache, validated_result
 from storage_service.config import StorageSettings
+from storage_service.flink_check import FlinkJobCheck
 from storage_service.repository import Repository
 
 log = logging.getLogger(__name__)
+# The database is unreachable or failing. Not DataError: a value PostgreSQL refuses is the
+# request's fault (a 400), not an outage, and must not count as a database error.
 DB_ERRORS = (psycopg.Error, PoolTimeout)
 
 
@@ -40,12 +44,48 @@ class Counters:
             return dict(self._counts)
 
 
-def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, producer: ConfirmedProducer) -> Flask:
+def reference_answer(data: dict[str, Any], max_chars: int) -> str:
+    """`original_answer` is required and not blank: every answer is scored against it, and an
+    empty reference would only spend LLM calls on a score that means nothing (docs/DESIGN.md,
+    "Additions to the contract")."""
+    value = data.get("original_answer")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ApiError(
+            400, "invalid_field", "'original_answer' is required and must not be blank: answers are scored against it"
+        )
+    return required_text(data, "original_answer", max_chars)
+
+
+def overall_health(checks: dict[str, str]) -> tuple[str, int]:
+    """Unhealthy (503) without PostgreSQL or Kafka: the API cannot take a question. Degraded (200)
+    without Redis (cache misses only) or without a running Flink job (answers wait unscored)."""
+    if checks["postgres"] != "ok" or checks["kafka"] != "ok":
+        return "unhealthy", 503
+    if checks["redis"] != "ok" or checks["flink_job"] != "ok":
+        return "degraded", 200
+    return "healthy", 200
+
+
+def create_app(
+    settings: StorageSettings,
+    repo: Repository,
+    cache: AnswerCache,
+    producer: ConfirmedProducer,
+    flink: FlinkJobCheck | None = None,
+) -> Flask:
     app = Flask("storage_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    configure_json_api(app)
+    configure_json_api(app, openapi="storage_service")
     counters = Counters()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    flink = flink or FlinkJobCheck(
+        settings.flink_rest_url, timeout_s=settings.flink_check_timeout_s, cache_s=settings.flink_check_cache_s
+    )
+    last_flink_state = {"state": "not checked yet"}
+
+    def refused_value(exc: psycopg.DataError) -> ApiError:
+        log.warning("the database refused a value of the request", extra={"error": str(exc)})
+        return ApiError(400, "invalid_field", f"a field holds a value the database cannot store: {exc}")
 
     def database_unavailable(exc: Exception) -> ApiError:
         counters.add("db_errors")
@@ -56,7 +96,7 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
     def query():
         data = json_body(request, settings.max_body_bytes)
         question_text = required_text(data, "question_text", settings.max_question_chars)
-        original_answer = required_text(data, "original_answer", settings.max_answer_chars, required=False)
+        original_answer = reference_answer(data, settings.max_answer_chars)
         question_id = question_id_for(question_text)
         counters.add("queries")
 
@@ -69,7 +109,7 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
 
         message = PipelineMessage.new(question_text, original_answer)
         try:
-            with repo.claim(message) as claim:
+            with repo.claim(message, settings.pending_timeout_s) as claim:
                 if claim.is_new_run:
                     try:
                         producer.send_and_wait(topics.QUESTIONS_PENDING, message.evolve(run=claim.run))
@@ -79,7 +119,9 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
                         raise ApiError(
                             503, "queue_unavailable", "the message queue is not reachable; try again later"
                         ) from exc
-            row = repo.question(question_id) if claim.status == "validated" else None
+            row = repo.question(question_id) if claim.status == Status.VALIDATED else None
+        except psycopg.DataError as exc:
+            raise refused_value(exc) from exc
         except DB_ERRORS as exc:
             raise database_unavailable(exc) from exc
 
@@ -89,8 +131,13 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
             log.info("answered from database", extra={"question_id": question_id})
             return jsonify(status="found", source="database", question_id=question_id, result=result), 200
         if claim.is_new_run:
+            if claim.run > 1:  # nothing of an earlier run may be served for this one
+                cache.delete(question_id)
             counters.add("questions_published")
-            log.info("question published", extra={"question_id": question_id, "run": claim.run})
+            log.info(
+                "question published",
+                extra={"question_id": question_id, "run": claim.run, "previous_status": claim.previous_status},
+            )
         return jsonify(status="pending", question_id=question_id), 202
 
     @app.get("/status/<question_id>")
@@ -99,6 +146,8 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
             raise ApiError(400, "invalid_question_id", "question_id is too long")
         try:
             row = repo.question(question_id)
+        except psycopg.DataError as exc:
+            raise refused_value(exc) from exc
         except DB_ERRORS as exc:
             raise database_unavailable(exc) from exc
         if row is None:
@@ -112,6 +161,7 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
             best_score=row["best_score"],
             attempts=row["attempts"],
             runs=row["runs"],
+            duplicate_outcomes=row["duplicate_outcomes"],
             model=row["model"],
             error={"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None,
             score_history=row["score_history"],
@@ -131,6 +181,9 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
             "kafka_errors": counts.get("kafka_errors", 0),
             "queries": counts.get("queries", 0),
             "questions_published": counts.get("questions_published", 0),
+            # /health calls that found the Flink score job missing or not running, and its last state
+            "flink_job_missing_checks": counts.get("flink_job_missing_checks", 0),
+            "flink_job_state": last_flink_state["state"],
         }
         lookups = body["cache_hits"] + body["cache_misses"]
         body["cache_hit_rate"] = body["cache_hits"] / lookups if lookups else None
@@ -154,8 +207,17 @@ def create_app(settings: StorageSettings, repo: Repository, cache: AnswerCache, 
         except Exception as exc:  # noqa: BLE001 - any failure means not reachable
             checks["kafka"] = f"down: {exc}"
         checks["redis"] = "ok" if cache.ping() else "down (cache misses only)"
-        healthy = checks["postgres"] == "ok" and checks["kafka"] == "ok"
-        state = ("healthy" if checks["redis"] == "ok" else "degraded") if healthy else "unhealthy"
-        return jsonify(status=state, service="storage-service", checks=checks), 200 if healthy else 503
+        checks["flink_job"] = flink_job_check()
+        state, http_status = overall_health(checks)
+        return jsonify(status=state, service="storage-service", checks=checks), http_status
+
+    def flink_job_check() -> str:
+        job = flink.status()
+        last_flink_state["state"] = job.state
+        if job.running:
+            return "ok"
+        counters.add("flink_job_missing_checks")
+        log.warning("the Flink score job is not running", extra={"state": job.state})
+        return f"not running ({job.state}): answers wait unscored on {topics.LLM_RESPONSES_SUCCESS}"
 
     return app

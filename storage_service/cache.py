@@ -34,6 +34,13 @@ class AnswerCache:
         except redis.RedisError as exc:
             log.warning("cache write failed", extra={"question_id": question_id, "error": str(exc)})
 
+    def delete(self, question_id: str) -> None:
+        """Forget a question's answer (a new run of it started)."""
+        try:
+            self._redis.delete(self._key(question_id))
+        except redis.RedisError as exc:
+            log.warning("cache delete failed", extra={"question_id": question_id, "error": str(exc)})
+
     def ping(self) -> bool:
         try:
             return bool(self._redis.ping())

@@ -5,7 +5,6 @@ from common.settings import ServiceSettings
 
 class StorageSettings(ServiceSettings):
     storage_port: int = 5001
-    database_url: str = "postgresql://yahoo:yahoo@localhost:5432/yahoo_llm"
     redis_url: str = "redis://localhost:6379/0"
     cache_ttl_s: int = 7 * 24 * 3600
     # Input limits (README, "API"): larger bodies get HTTP 413.
@@ -14,3 +13,11 @@ class StorageSettings(ServiceSettings):
     max_answer_chars: int = 20_000
     kafka_produce_timeout_s: float = 10.0
     db_pool_size: int = 8
+    # A question pending longer than this may be asked again: POST /query starts a new run, and
+    # outcomes of the old one are ignored. Longer than the slowest legitimate chain is best (3
+    # attempts, each with its overload and quota retries); shorter only costs LLM calls.
+    pending_timeout_s: float = 900.0
+    # /health asks Flink's REST API whether the score job runs; the answer is reused for a few seconds.
+    flink_rest_url: str = "http://localhost:8081"
+    flink_check_timeout_s: float = 1.0
+    flink_check_cache_s: float = 5.0

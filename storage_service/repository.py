@@ -1,5 +1,5 @@
-"""PostgreSQL access. Every write is an upsert keyed by (question_id, run[, attempt]), so a message
-delivered twice leaves the same rows behind."""
+"""PostgreSQL access. Every write is keyed by (question_id, run[, attempt]), and a run's first terminal
+outcome wins (storage_service.rules): a message delivered twice leaves the same rows behind."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from psycopg import Connection
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
-from common.messages import PipelineMessage
-
-TERMINAL_STATUS_BY_TOPIC = {
-    "validated-responses": "validated",
-    "low-quality-responses": "low_quality",
-    "llm-responses-error": "failed",
-}
+from common.messages import DeadLetter, PipelineMessage
+from common.topics import Status
+from storage_service.rules import (
+    OutcomeResult,
+    QuestionState,
+    dead_letter_reason,
+    dead_letter_target,
+    decide_outcome,
+    may_start_new_run,
+)
 
 
 def required(row: DictRow | None) -> DictRow:
@@ -36,6 +39,7 @@ class Claim:
     status: str
     run: int
     is_new_run: bool
+    previous_status: Status | None = None  # for a new run of a question that existed
 
 
 class Repository:
@@ -62,111 +66,207 @@ class Repository:
             conn.execute("SELECT 1")
 
     @contextmanager
-    def claim(self, message: PipelineMessage) -> Iterator[Claim]:
-        """Insert the question as pending, or start a new run of a failed/low-quality one.
+    def claim(self, message: PipelineMessage, pending_timeout_s: float) -> Iterator[Claim]:
+        """Insert the question as pending, or start a new run of a failed, low-quality or stale
+        pending one (storage_service.rules.may_start_new_run).
 
         The transaction commits only when the caller's block succeeds (the Kafka publish), so a
         question is never left pending without a message on its way. A concurrent duplicate waits
         on the row lock and then sees the pending row: one pipeline run per question.
         """
+        params = message.model_dump(include={"question_id", "question_text", "original_answer"})
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute(
                 """
                 INSERT INTO questions (question_id, question_text, original_answer, status)
                 VALUES (%(question_id)s, %(question_text)s, %(original_answer)s, 'pending')
-                ON CONFLICT (question_id) DO UPDATE SET
-                    status = 'pending', runs = questions.runs + 1, original_answer = EXCLUDED.original_answer,
-                    attempts = 0, final_answer = NULL, final_score = NULL, error_kind = NULL,
-                    error_message = NULL, completed_at = NULL, updated_at = now()
-                WHERE questions.status IN ('failed', 'low_quality')
+                ON CONFLICT (question_id) DO NOTHING
                 RETURNING question_id, status, runs
                 """,
-                message.model_dump(include={"question_id", "question_text", "original_answer"}),
+                params,
             ).fetchone()
             if row is not None:
                 yield Claim(row["question_id"], row["status"], row["runs"], is_new_run=True)
                 return
-            existing = required(
+            current, now = self._locked_state(conn, message.question_id)
+            if current is None:  # rows are never deleted; the conflict above saw this one
+                raise RuntimeError(f"question {message.question_id} vanished while being claimed")
+            if not may_start_new_run(current, now, pending_timeout_s):
+                yield Claim(message.question_id, current.status.value, current.run, is_new_run=False)
+                return
+            row = required(
                 conn.execute(
-                    "SELECT question_id, status, runs FROM questions WHERE question_id = %s", (message.question_id,)
+                    """
+                    UPDATE questions SET
+                        status = 'pending', runs = runs + 1, original_answer = %(original_answer)s,
+                        attempts = 0, final_answer = NULL, final_score = NULL, error_kind = NULL,
+                        error_message = NULL, completed_at = NULL, updated_at = now()
+                    WHERE question_id = %(question_id)s
+                    RETURNING question_id, status, runs
+                    """,
+                    params,
                 ).fetchone()
             )
-            yield Claim(existing["question_id"], existing["status"], existing["runs"], is_new_run=False)
+            yield Claim(row["question_id"], row["status"], row["runs"], is_new_run=True, previous_status=current.status)
 
-    def record_outcome(self, message: PipelineMessage, status: str) -> bool:
-        """Store a terminal outcome; returns False when it belongs to an older run (ignored)."""
+    @staticmethod
+    def _locked_state(conn: Connection[DictRow], question_id: str) -> tuple[QuestionState | None, Any]:
+        """The question's state, locked until the transaction ends, and the database's clock."""
+        row = conn.execute(
+            "SELECT status, runs, updated_at, now() AS now FROM questions WHERE question_id = %s FOR UPDATE",
+            (question_id,),
+        ).fetchone()
+        if row is None:
+            return None, required(conn.execute("SELECT now() AS now").fetchone())["now"]
+        return QuestionState(Status(row["status"]), row["runs"], row["updated_at"]), row["now"]
+
+    @staticmethod
+    def _count_duplicate(conn: Connection[DictRow], question_id: str) -> None:
+        conn.execute(
+            "UPDATE questions SET duplicate_outcomes = duplicate_outcomes + 1 WHERE question_id = %s", (question_id,)
+        )
+
+    def record_outcome(self, message: PipelineMessage, status: Status) -> OutcomeResult:
+        """Store a terminal outcome if it is the first of the question's current run.
+
+        A later outcome of the same run only increments `duplicate_outcomes`; an outcome of another
+        run is ignored. The score history comes from the winning message alone.
+        """
+        with self.pool.connection() as conn, conn.transaction():
+            current, _now = self._locked_state(conn, message.question_id)
+            result = decide_outcome(current, message.run, creates_missing=True)
+            if result is OutcomeResult.DUPLICATE:
+                self._count_duplicate(conn, message.question_id)
+            elif result is OutcomeResult.APPLIED:
+                self._apply_outcome(conn, message, status, row_exists=current is not None)
+            return result
+
+    def _apply_outcome(
+        self, conn: Connection[DictRow], message: PipelineMessage, status: Status, *, row_exists: bool
+    ) -> None:
         score = message.score
         params = {
             **message.model_dump(
                 include={"question_id", "question_text", "original_answer", "run", "attempt", "model"}
             ),
-            "status": status,
-            "final_answer": message.llm_answer if status != "failed" else None,
+            "status": status.value,
+            "final_answer": message.llm_answer if status is not Status.FAILED else None,
             "final_score": score.f1 if score else None,
             "best_score": max((r.f1 for r in message.score_history), default=None),
             "error_kind": message.error.kind if message.error else None,
             "error_message": message.error.message if message.error else None,
-            "attempts": len(message.score_history) if status != "failed" else message.attempt,
+            "attempts": len(message.score_history) if status is not Status.FAILED else message.attempt,
         }
-        with self.pool.connection() as conn, conn.transaction():
-            current = conn.execute(
+        if row_exists:
+            conn.execute(
+                """
+                UPDATE questions SET
+                    status = %(status)s, final_answer = %(final_answer)s, final_score = %(final_score)s,
+                    best_score = GREATEST(%(best_score)s, best_score), attempts = %(attempts)s, model = %(model)s,
+                    error_kind = %(error_kind)s, error_message = %(error_message)s, updated_at = now(),
+                    completed_at = now()
+                WHERE question_id = %(question_id)s
+                """,
+                params,
+            )
+        else:  # the row is gone (a restored database): the message carries the whole question
+            conn.execute(
                 """
                 INSERT INTO questions (question_id, question_text, original_answer, status, final_answer,
                     final_score, best_score, attempts, model, error_kind, error_message, runs, completed_at)
                 VALUES (%(question_id)s, %(question_text)s, %(original_answer)s, %(status)s, %(final_answer)s,
                     %(final_score)s, %(best_score)s, %(attempts)s, %(model)s, %(error_kind)s, %(error_message)s,
                     %(run)s, now())
-                ON CONFLICT (question_id) DO UPDATE SET
-                    status = EXCLUDED.status, final_answer = EXCLUDED.final_answer,
-                    final_score = EXCLUDED.final_score,
-                    best_score = GREATEST(EXCLUDED.best_score, questions.best_score),
-                    attempts = EXCLUDED.attempts, model = EXCLUDED.model, error_kind = EXCLUDED.error_kind,
-                    error_message = EXCLUDED.error_message, updated_at = now(),
-                    completed_at = COALESCE(questions.completed_at, now())
-                WHERE questions.runs = EXCLUDED.runs
-                RETURNING runs
                 """,
                 params,
-            ).fetchone()
-            if current is None:
-                return False
-            for record in message.score_history:
+            )
+        for record in message.score_history:
+            conn.execute(
+                """
+                INSERT INTO attempts (question_id, run, attempt, llm_answer, precision, recall, f1, scored_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (question_id, run, attempt) DO NOTHING
+                """,
+                (
+                    message.question_id,
+                    message.run,
+                    record.attempt,
+                    record.llm_answer,
+                    record.precision,
+                    record.recall,
+                    record.f1,
+                    record.scored_at,
+                ),
+            )
+        if status is Status.FAILED and message.error:
+            self._insert_failure(
+                conn,
+                message.question_id,
+                message.run,
+                attempt=message.attempt,
+                retry_count=message.retry_count,
+                kind=message.error.kind,
+                status_code=message.error.status,
+                text=message.error.message,
+                failed_at=message.updated_at,
+            )
+
+    @staticmethod
+    def _insert_failure(
+        conn: Connection[DictRow],
+        question_id: str,
+        run: int,
+        *,
+        attempt: int | None,
+        retry_count: int | None,
+        kind: str,
+        status_code: int | None,
+        text: str,
+        failed_at: Any,
+    ) -> None:
+        conn.execute(
+            """
+            INSERT INTO failures (question_id, run, attempt, retry_count, kind, status_code, message, failed_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (question_id, run) DO NOTHING
+            """,
+            (question_id, run, attempt, retry_count, kind, status_code, text, failed_at),
+        )
+
+    def record_dead_letter(self, letter: DeadLetter, original: PipelineMessage | None) -> OutcomeResult:
+        """End the question a dead letter belongs to: `failed`, error_kind 'dead_letter', with the
+        reason (also in `failures`), if that run is still pending; counted as a duplicate if the run
+        had already ended; ignored for an older run or a question we do not hold."""
+        question_id, run = dead_letter_target(letter, original)
+        if question_id is None:
+            return OutcomeResult.UNKNOWN_QUESTION
+        reason = dead_letter_reason(letter)
+        with self.pool.connection() as conn, conn.transaction():
+            current, _now = self._locked_state(conn, question_id)
+            result = decide_outcome(current, run, creates_missing=False)
+            if result is OutcomeResult.DUPLICATE:
+                self._count_duplicate(conn, question_id)
+            elif result is OutcomeResult.APPLIED and current is not None:
                 conn.execute(
                     """
-                    INSERT INTO attempts (question_id, run, attempt, llm_answer, precision, recall, f1, scored_at)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                    ON CONFLICT (question_id, run, attempt) DO NOTHING
+                    UPDATE questions SET status = 'failed', error_kind = 'dead_letter', error_message = %s,
+                        final_answer = NULL, final_score = NULL, updated_at = now(), completed_at = now()
+                    WHERE question_id = %s
                     """,
-                    (
-                        message.question_id,
-                        message.run,
-                        record.attempt,
-                        record.llm_answer,
-                        record.precision,
-                        record.recall,
-                        record.f1,
-                        record.scored_at,
-                    ),
+                    (reason, question_id),
                 )
-            if status == "failed" and message.error:
-                conn.execute(
-                    """
-                    INSERT INTO failures (question_id, run, attempt, retry_count, kind, status_code, message, failed_at)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-                    ON CONFLICT (question_id, run) DO NOTHING
-                    """,
-                    (
-                        message.question_id,
-                        message.run,
-                        message.attempt,
-                        message.retry_count,
-                        message.error.kind,
-                        message.error.status,
-                        message.error.message,
-                        message.updated_at,
-                    ),
+                self._insert_failure(
+                    conn,
+                    question_id,
+                    current.run,
+                    attempt=original.attempt if original else None,
+                    retry_count=original.retry_count if original else None,
+                    kind="dead_letter",
+                    status_code=None,
+                    text=reason,
+                    failed_at=letter.failed_at,
                 )
-        return True
+            return result
 
     def question(self, question_id: str) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
@@ -191,6 +291,13 @@ class Repository:
                 r["status"]: r["n"]
                 for r in conn.execute("SELECT status, count(*) AS n FROM questions GROUP BY status").fetchall()
             }
+            totals = required(
+                conn.execute(
+                    "SELECT coalesce(sum(duplicate_outcomes), 0) AS duplicate_outcomes, "
+                    "count(*) FILTER (WHERE status = 'failed' AND error_kind = 'dead_letter') AS dead_lettered "
+                    "FROM questions"
+                ).fetchone()
+            )
             averages = required(
                 conn.execute(
                     "SELECT avg(final_score) FILTER (WHERE status = 'validated') AS average_score, "
@@ -210,4 +317,7 @@ class Repository:
             "average_score": averages["average_score"],
             "average_best_score": averages["average_best_score"],
             "attempts_distribution": distribution,
+            # terminal outcomes (and dead letters) that arrived after their run had ended: never applied
+            "duplicate_outcomes": totals["duplicate_outcomes"],
+            "questions_failed_by_dead_letter": totals["dead_lettered"],
         }

@@ -6,13 +6,16 @@ retry delays. It is stopped at the end unless YAHOO_LLM_KEEP_TEST_STACK=1.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import requests
@@ -32,7 +35,6 @@ TEST_ENV = {
     "RETRY_QUOTA_MAX_RETRIES": "2",
     "QUALITY_THRESHOLD": "0.75",
     "MAX_ATTEMPTS": "3",
-    "SCORER_MAX_WAIT_S": "60",
 }
 
 
@@ -105,19 +107,40 @@ def _stack_cmd(*args: str) -> list[str]:
     return [sys.executable, str(ROOT / "scripts" / "stack.py"), "--name", "test-stack", *args]
 
 
+def stack_command(command: str, env: dict, timeout_s: float = 900) -> None:
+    """`scripts/stack.py --name test-stack <command>` (up, down), as `make` runs it."""
+    subprocess.run(_stack_cmd(command), env=env, check=True, timeout=timeout_s)
+
+
+@cache
+def native_stack() -> ModuleType:
+    """scripts/stack.py as a module: the one place that knows a stack's ports, URLs and passwords."""
+    spec = importlib.util.spec_from_file_location("native_stack", ROOT / "scripts" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def stack_endpoints(layout, env: dict) -> Stack:
+    """What a client of the stack described by `layout` uses (the passwords it generated included)."""
+    return Stack(
+        storage_url=f"http://localhost:{layout.storage_port}",
+        scorer_url=layout.score_validator_url,
+        flink_url=f"http://localhost:{layout.flink_rest_port}",
+        kafka_bootstrap=layout.kafka_bootstrap,
+        database_url=layout.database_url,
+        redis_url=layout.redis_url,
+        env=env,
+    )
+
+
 @pytest.fixture(scope="session")
 def stack(fake_llm) -> Stack:
     env = {**os.environ, **TEST_ENV}
-    subprocess.run(_stack_cmd("up"), env=env, check=True, timeout=900)
-    yield Stack(
-        storage_url="http://localhost:5001",
-        scorer_url="http://localhost:8000",
-        flink_url="http://localhost:8081",
-        kafka_bootstrap="localhost:9092",
-        database_url="postgresql://yahoo:yahoo@localhost:5432/yahoo_llm",
-        redis_url="redis://localhost:6379/0",
-        env=env,
-    )
+    stack_command("up", env)
+    yield stack_endpoints(native_stack().Layout("test-stack", env), env)
     if os.environ.get("YAHOO_LLM_KEEP_TEST_STACK") != "1":
         subprocess.run(_stack_cmd("down"), env=env, check=False, timeout=300)
 

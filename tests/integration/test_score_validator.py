@@ -31,3 +31,43 @@ def test_bad_requests_get_json_errors(stack):
     assert resp.status_code == 400 and resp.json()["error"] == "invalid_field"
     resp = requests.post(f"{stack.scorer_url}/score/batch", json={"pairs": "nope"}, timeout=5)
     assert resp.status_code == 400
+
+
+NOTHING_TO_COMPARE = ["", " ", "\n\t", "\u3000", "\u200b", "\x01", "[CLS]"]
+
+
+def test_a_side_with_nothing_to_compare_scores_zero_without_error(stack):
+    for empty in NOTHING_TO_COMPARE:
+        for pair in (
+            {"candidate": empty, "reference": PAIR["reference"]},
+            {"candidate": PAIR["candidate"], "reference": empty},
+        ):
+            resp = requests.post(f"{stack.scorer_url}/score", json=pair, timeout=30)
+            assert resp.status_code == 200, (pair, resp.text)
+            assert {k: resp.json()[k] for k in ("precision", "recall", "f1")} == {
+                "precision": 0.0,
+                "recall": 0.0,
+                "f1": 0.0,
+            }
+
+
+def test_both_sides_empty_score_zero_not_one(stack):
+    body = requests.post(f"{stack.scorer_url}/score", json={"candidate": "", "reference": ""}, timeout=30).json()
+    assert body["f1"] == 0.0
+
+
+def test_batch_mixes_empty_and_real_pairs_in_order(stack):
+    pairs = [PAIR, {"candidate": "", "reference": "x"}, UNRELATED]
+    scores = requests.post(f"{stack.scorer_url}/score/batch", json={"pairs": pairs}, timeout=30).json()["scores"]
+    single = requests.post(f"{stack.scorer_url}/score", json=PAIR, timeout=30).json()
+    assert [s["f1"] == 0.0 for s in scores] == [False, True, False]
+    assert abs(scores[0]["f1"] - single["f1"]) < 1e-6
+
+
+def test_odd_text_gets_a_score_or_a_4xx_never_a_5xx(stack):
+    odd = ["🙂", "\u202e abc", "\x7f", "\U0010ffff", "\u0301", "[PAD]", "é" * 20_000, "word " * 4000, "\x00", "\ud800"]
+    for text in odd:
+        for pair in ({"candidate": text, "reference": "r"}, {"candidate": "c", "reference": text}):
+            resp = requests.post(f"{stack.scorer_url}/score", json=pair, timeout=60)
+            assert resp.status_code < 500, (pair["candidate"][:10], resp.status_code, resp.text[:200])
+            assert resp.status_code == 200 or resp.json()["error"]

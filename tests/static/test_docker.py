@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.static.image_contents import FIRST_PARTY, copied_packages, dotenv, imports_of_image, logical_lines, stages
 
 STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = sorted(ROOT.glob("*/Dockerfile"))
+DOCKERIGNORE = ROOT / ".dockerignore"
 DESIGN_VARIABLES = [
     "KAFKA_BOOTSTRAP_SERVERS",
     "DATABASE_URL",
@@ -36,14 +38,6 @@ DESIGN_VARIABLES = [
     "STORAGE_PORT",
     "SCORE_VALIDATOR_PORT",
 ]
-
-
-def dotenv() -> dict[str, str]:
-    return dict(
-        line.split("=", 1)
-        for line in (ROOT / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
 
 
 def compose() -> dict:
@@ -86,16 +80,77 @@ def test_hadolint_passes(dockerfile):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def copy_sources(dockerfile: Path) -> list[str]:
+    return [source for stage in stages(dockerfile) for source in stage.copied]
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_every_copy_source_exists_in_the_build_context(dockerfile):
-    for line in dockerfile.read_text().splitlines():
-        match = re.match(r"COPY\s+(?!--from)(.+)\s+\S+$", line.strip())
-        if not match:
+    sources = copy_sources(dockerfile)
+    assert sources, f"{dockerfile}: no COPY read"
+    for source in sources:
+        assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+
+
+def dockerignore_patterns(text: str) -> list[tuple[bool, re.Pattern[str]]]:
+    """(is an exception `!`, regex) per line of a .dockerignore, in Docker's glob syntax."""
+    patterns = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
             continue
-        for source in match.group(1).split():
-            if source.startswith("--"):
-                continue
-            assert (ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
+        exception = line.startswith("!")
+        glob = line.lstrip("!").strip("/")
+        regex = re.escape(glob).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        patterns.append((exception, re.compile(regex.replace(r"\?", "[^/]"))))
+    return patterns
+
+
+def ignored(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parent folders decides."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[:depth]) for depth in range(1, len(parts) + 1)]
+    verdict = False
+    for exception, regex in patterns:
+        if any(regex.fullmatch(candidate) for candidate in candidates):
+            verdict = not exception
+    return verdict
+
+
+def test_the_dockerignore_rule_follows_exceptions_and_parents():
+    patterns = dockerignore_patterns("docs\n!docs/openapi\n**/__pycache__\n*.md\n!README.md\n")
+    assert ignored("docs/DESIGN.md", patterns)
+    assert not ignored("docs/openapi/storage_service.json", patterns)
+    assert ignored("common/__pycache__/x.pyc", patterns)
+    assert ignored("CHANGES.md", patterns) and not ignored("README.md", patterns)
+    assert not ignored("common/web.py", patterns)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_no_copy_source_is_left_out_by_dockerignore(dockerfile):
+    patterns = dockerignore_patterns(DOCKERIGNORE.read_text())
+    for source in copy_sources(dockerfile):
+        root = ROOT / source
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
+        sent = [f for f in files if not ignored(str(f.relative_to(ROOT)), patterns)]
+        assert sent, f"{dockerfile}: .dockerignore leaves every file of COPY {source} out of the build context"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_every_first_party_package_the_image_imports_is_copied(dockerfile):
+    imported = {module.split(".")[0] for module in imports_of_image(dockerfile)} & FIRST_PARTY
+    missing = imported - copied_packages(dockerfile)
+    assert not missing, f"{dockerfile.parent.name}'s code imports {missing}, which its Dockerfile does not COPY"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_dockerfile_arg_defaults_are_the_dotenv_versions(dockerfile):
+    """A plain `docker build` gets the images and versions compose passes from .env."""
+    env = dotenv()
+    for line in logical_lines(dockerfile.read_text()):
+        name, _, default = line.removeprefix("ARG ").partition("=")
+        if line.startswith("ARG ") and name in env:
+            assert default == env[name], f"{dockerfile}: ARG {name}={default}, .env says {env[name]}"
 
 
 def test_every_build_context_and_mounted_file_exists():

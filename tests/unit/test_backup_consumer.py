@@ -12,30 +12,21 @@ class FixedScorer:
         return [Score(precision=self.f1, recall=self.f1, f1=self.f1, model="m") for _ in pairs]
 
 
-class RecordingProducer:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, topic, message):
-        self.sent.append((topic, message))
-
-
 def jobs(state):
     return lambda: [{"name": "Flink Score Validator Job", "state": state}]
 
 
 def test_stands_by_while_the_flink_job_runs():
-    scorer, producer = FixedScorer(0.9), RecordingProducer()
+    scorer = FixedScorer(0.9)
     handle = backup_handler(scorer, FlinkJobWatch("http://x", fetch=jobs("RUNNING")), 0.75, 3)
-    handle(PipelineMessage.new("q?", "r").evolve(llm_answer="a"), producer, topics.LLM_RESPONSES_SUCCESS)
-    assert scorer.calls == 0 and producer.sent == []
+    outputs = handle(PipelineMessage.new("q?", "r").evolve(llm_answer="a"), topics.LLM_RESPONSES_SUCCESS)
+    assert scorer.calls == 0 and outputs == []
 
 
 def test_scores_and_routes_while_the_job_is_down():
-    scorer, producer = FixedScorer(0.9), RecordingProducer()
+    scorer = FixedScorer(0.9)
     handle = backup_handler(scorer, FlinkJobWatch("http://x", fetch=jobs("FAILED")), 0.75, 3)
-    handle(PipelineMessage.new("q?", "r").evolve(llm_answer="a"), producer, topics.LLM_RESPONSES_SUCCESS)
-    [(topic, out)] = producer.sent
+    [(topic, out)] = handle(PipelineMessage.new("q?", "r").evolve(llm_answer="a"), topics.LLM_RESPONSES_SUCCESS)
     assert topic == topics.VALIDATED_RESPONSES and out.score.f1 == 0.9
 
 

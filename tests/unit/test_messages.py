@@ -3,7 +3,7 @@ import json
 import pytest
 
 from common import topics
-from common.messages import SCHEMA_VERSION, MessageError, PipelineMessage, question_id_for
+from common.messages import SCHEMA_VERSION, DeadLetter, MessageError, PipelineMessage, question_id_for
 
 
 def test_round_trip_keeps_every_field():
@@ -62,3 +62,36 @@ def test_key_is_the_question_id():
 def test_topic_names_are_unique_and_complete():
     assert len(set(topics.ALL_TOPICS)) == len(topics.ALL_TOPICS) == 9
     assert topics.DEAD_LETTER in topics.ALL_TOPICS
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 5000,  # a few KB of `[[[[`: RecursionError inside the JSON decoder
+        b'{"schema_version": 1, "question_id": "x", "question_text": "q", "deep": ' + b"[" * 100 + b"]" * 100 + b"}",
+        b"null",
+        b"\xc3\x28",  # invalid UTF-8 sequence
+    ],
+)
+def test_every_decode_failure_is_a_message_error(raw):
+    with pytest.raises(MessageError):
+        PipelineMessage.from_bytes(raw)
+
+
+def test_nesting_within_the_limit_survives_a_republish():
+    data = PipelineMessage.new("q?").to_dict() | {"nested": json.loads("[" * 50 + "]" * 50)}
+    msg = PipelineMessage.from_bytes(json.dumps(data).encode())
+    assert json.loads(msg.evolve(attempt=2).to_bytes())["nested"] == data["nested"]
+
+
+def test_retry_budgets_default_to_zero_and_round_trip():
+    msg = PipelineMessage.new("q?")
+    assert (msg.retry_count, msg.overload_retries, msg.quota_retries) == (0, 0, 0)
+    again = PipelineMessage.from_bytes(msg.evolve(retry_count=3, overload_retries=2, quota_retries=1).to_bytes())
+    assert (again.retry_count, again.overload_retries, again.quota_retries) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"[" * 5000, b"\xff", b"{}", b'{"stage": 1}'])
+def test_invalid_dead_letters_are_rejected(raw):
+    with pytest.raises(MessageError):
+        DeadLetter.from_bytes(raw)

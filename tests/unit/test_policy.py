@@ -1,7 +1,7 @@
 import pytest
 
 from common import topics
-from common.messages import PipelineMessage, Score
+from common.messages import LLMError, PipelineMessage, Score
 from common.policy import FailureKind, RetryPolicy, Route, after_scoring, classify_llm_failure, route_by_score
 
 
@@ -43,20 +43,53 @@ def test_classify_llm_failure(status, timed_out, unreachable, expected):
 
 
 def test_overload_backoff_is_exponential():
-    policy = RetryPolicy(base_delay_s=5, max_retries=5, exponential=True)
+    policy = RetryPolicy(FailureKind.OVERLOAD, base_delay_s=5, max_retries=5, exponential=True)
     assert [policy.delay_s(n) for n in range(5)] == [5, 10, 20, 40, 80]
 
 
 def test_quota_delay_is_fixed():
-    policy = RetryPolicy(base_delay_s=60, max_retries=5, exponential=False)
+    policy = RetryPolicy(FailureKind.QUOTA, base_delay_s=60, max_retries=5, exponential=False)
     assert {policy.delay_s(n) for n in range(5)} == {60}
 
 
 def test_retry_caps():
-    policy = RetryPolicy(base_delay_s=1, max_retries=2, exponential=True)
+    policy = RetryPolicy(FailureKind.OVERLOAD, base_delay_s=1, max_retries=2, exponential=True)
     assert not policy.exhausted(0)
     assert not policy.exhausted(1)
     assert policy.exhausted(2)
+
+
+def test_each_budget_counts_only_its_own_retries():
+    msg = PipelineMessage.new("q?").evolve(retry_count=5, overload_retries=1, quota_retries=4)
+    overload = RetryPolicy(FailureKind.OVERLOAD, base_delay_s=5, max_retries=3, exponential=True)
+    quota = RetryPolicy(FailureKind.QUOTA, base_delay_s=60, max_retries=4, exponential=False)
+    assert (overload.spent(msg), quota.spent(msg)) == (1, 4)
+    assert not overload.exhausted(overload.spent(msg)) and quota.exhausted(quota.spent(msg))
+
+
+def test_overload_delay_grows_with_overload_retries_only():
+    overload = RetryPolicy(FailureKind.OVERLOAD, base_delay_s=5, max_retries=5, exponential=True)
+    msg = PipelineMessage.new("q?").evolve(retry_count=3, overload_retries=1, quota_retries=2)
+    assert overload.due_at(msg) == msg.updated_at.timestamp() + 10  # 5 * 2^1, not 5 * 2^3
+
+
+@pytest.mark.parametrize(
+    ("kind", "counter"), [(FailureKind.OVERLOAD, "overload_retries"), (FailureKind.QUOTA, "quota_retries")]
+)
+def test_a_retry_adds_one_to_the_total_and_to_its_own_budget(kind, counter):
+    policy = RetryPolicy(kind, base_delay_s=5, max_retries=5, exponential=kind is FailureKind.OVERLOAD)
+    msg = PipelineMessage.new("q?").evolve(retry_count=2, overload_retries=1, quota_retries=1)
+    out = policy.retried(msg, due=msg.updated_at.timestamp())
+    assert out.retry_count == 3 and getattr(out, counter) == 2
+    assert out.overload_retries + out.quota_retries == 3
+
+
+def test_given_up_names_the_budget_that_ran_out():
+    quota = RetryPolicy(FailureKind.QUOTA, base_delay_s=60, max_retries=2, exponential=False)
+    msg = PipelineMessage.new("q?").evolve(quota_retries=2, error=LLMError(status=429, kind="quota", message="slow"))
+    out = quota.given_up(msg, topics.ERRORS_QUOTA)
+    assert out.error.kind == "retries_exhausted" and out.error.status == 429
+    assert "2 quota retries" in out.error.message and "slow" in out.error.message
 
 
 def _scored(f1: float) -> Score:
@@ -64,10 +97,11 @@ def _scored(f1: float) -> Score:
 
 
 def test_after_scoring_regenerates_with_next_attempt_and_fresh_retry_budget():
-    msg = PipelineMessage.new("q?", "ref").evolve(llm_answer="a", retry_count=2)
+    msg = PipelineMessage.new("q?", "ref").evolve(llm_answer="a", retry_count=3, overload_retries=2, quota_retries=1)
     topic, out = after_scoring(msg, _scored(0.2), threshold=0.75, max_attempts=3)
     assert topic == topics.QUESTIONS_PENDING
     assert (out.attempt, out.retry_count, out.llm_answer) == (2, 0, None)
+    assert (out.overload_retries, out.quota_retries) == (0, 0)
     assert [(r.attempt, r.llm_answer) for r in out.score_history] == [(1, "a")]
 
 
