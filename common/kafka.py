@@ -33,6 +33,8 @@ MAX_HANDLER_FAILURES = 5
 HANDLER_FAILURE_BACKOFF_S = 2.0
 MAX_TRANSIENT_BACKOFF_S = 30.0
 COMMIT_RETRY_S = 2.0
+# A consumer with no partitions for this long asks the broker whether it is still in its group.
+MEMBERSHIP_CHECK_S = 30.0
 # Java's default partitioner for keyed records: murmur2(key) % partitions. The same here, so a
 # question_id lands on the same partition whether Python or the Flink job's Kafka sink wrote it.
 PARTITIONER = "murmur2_random"
@@ -242,6 +244,25 @@ class StopFlag:
         return self._event.wait(timeout_s)
 
 
+def dropped_out_of_group(own_member_id: str | None, members: set[str] | None) -> bool:
+    """True when the broker answered with the group's members and this consumer is not among them.
+
+    An idle member (more members than partitions) has no partitions either, but is listed; an
+    unanswered question (`members` None) proves nothing.
+    """
+    return members is not None and own_member_id not in members
+
+
+def group_members(admin: AdminClient, group_id: str, timeout_s: float = 5.0) -> set[str] | None:
+    """The member ids the broker lists for `group_id`, or None when it does not answer."""
+    try:
+        futures = admin.describe_consumer_groups([group_id], request_timeout=timeout_s)
+        description = futures[group_id].result(timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - the broker away or busy: nothing can be concluded
+        return None
+    return {member.member_id for member in description.members}
+
+
 def consumer_config(bootstrap_servers: str, group_id: str, client_id: str) -> dict:
     return {
         "bootstrap.servers": bootstrap_servers,
@@ -253,6 +274,13 @@ def consumer_config(bootstrap_servers: str, group_id: str, client_id: str) -> di
         "session.timeout.ms": 10000,  # a killed consumer's partitions move on within seconds
         "partition.assignment.strategy": "cooperative-sticky",
     }
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except Exception:
+        log.warning("closing the old Kafka consumer failed", exc_info=True)
 
 
 @dataclass
@@ -282,13 +310,26 @@ class ConsumerRunner:
         on_delivered: DeliveredHook | None = None,
         consumer: Consumer | None = None,
         clock: Callable[[], float] = time.time,
+        consumer_factory: Callable[[], Consumer] | None = None,
+        group_members_probe: Callable[[], set[str] | None] | None = None,
     ) -> None:
         if topics.DEAD_LETTER in source_topics and dead_letter_handler is None:
             raise ValueError(f"{stage} consumes {topics.DEAD_LETTER} but has no dead_letter_handler")
         self.group_id, self.stage, self.source_topics = group_id, stage, source_topics
         self.handler, self.dead_letter_handler, self.on_delivered = handler, dead_letter_handler, on_delivered
         self.stop, self.clock = stop, clock
-        self.consumer = consumer or Consumer(consumer_config(bootstrap_servers, group_id, client_id))
+        config = consumer_config(bootstrap_servers, group_id, client_id)
+        self._new_consumer = consumer_factory or (lambda: Consumer(config))
+        self.consumer = consumer or self._new_consumer()
+        admin: list[AdminClient] = []  # made on first use: most consumers never need it
+
+        def probe_members() -> set[str] | None:
+            if not admin:
+                admin.append(AdminClient({"bootstrap.servers": bootstrap_servers}))
+            return group_members(admin[0], group_id)
+
+        self._group_members = group_members_probe or probe_members
+        self._unassigned_since: float | None = None
         self.producer = producer or ConfirmedProducer(bootstrap_servers, client_id)
         self.paused = PausedPartitions()
         self.heartbeat = Heartbeat(liveness_file)
@@ -317,9 +358,7 @@ class ConsumerRunner:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.consumer.subscribe(
-            self.source_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
+        self._subscribe()
         log.info("consumer started", extra={"group": self.group_id, "topics": self.source_topics})
         try:
             while not self.stop.is_set():
@@ -327,10 +366,16 @@ class ConsumerRunner:
         finally:
             self._shutdown()
 
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(
+            self.source_topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
     def poll_once(self, timeout_s: float = 0.5) -> None:
         """One turn of the loop: housekeeping, then at most one message. Never raises for a message."""
         self.heartbeat.beat()
         try:
+            self._check_membership()
             self._resume_assigned()
             self._retry_commits()
             self.paused.resume_due(self.consumer, self.clock())
@@ -520,6 +565,40 @@ class ConsumerRunner:
             log.exception("could not hold the message back")
 
     # -- rebalances -------------------------------------------------------------------------------
+
+    def _check_membership(self) -> None:
+        """Rebuild the client when it fell out of its group for good.
+
+        Seen under `make chaos`: after Kafka was frozen past the session timeout, librdkafka timed the
+        session out, queued its rejoin and never sent it; the process polled on, a member of nothing,
+        while its partitions' questions waited. So a consumer without partitions for
+        MEMBERSHIP_CHECK_S asks the broker (every MEMBERSHIP_CHECK_S) whether it is still a member.
+        """
+        now = self.clock()
+        if self.consumer.assignment():
+            self._unassigned_since = None
+            return
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+            return
+        if now - self._unassigned_since < MEMBERSHIP_CHECK_S:
+            return
+        self._unassigned_since = now  # the next question in MEMBERSHIP_CHECK_S
+        own_id = self.consumer.memberid()
+        if dropped_out_of_group(own_id, self._group_members()):
+            log.error(
+                "consumer is no longer a member of its group; rebuilding the Kafka client",
+                extra={"group": self.group_id, "member_id": own_id},
+            )
+            self._rebuild_consumer()
+
+    def _rebuild_consumer(self) -> None:
+        old, self.consumer = self.consumer, self._new_consumer()
+        # It holds no partitions: what the old client paused or could not commit is not ours any more.
+        self.paused, self.uncommitted, self._assigned = PausedPartitions(), {}, []
+        # close() talks to the coordinator, which is what went wrong: never let it block the loop.
+        threading.Thread(target=_close_quietly, args=(old,), daemon=True).start()
+        self._subscribe()
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # librdkafka keeps the application's pause flag across a rebalance: a partition held when it

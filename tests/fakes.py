@@ -60,6 +60,8 @@ class FakeConsumer:
         self.polls = 0
         self.callbacks: dict[str, Callable] = {}
         self.closed = False
+        self.assigned: list = []  # what assignment() answers
+        self.member_id = "member-1"
 
     def subscribe(self, names, on_assign=None, on_revoke=None, on_lost=None):
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -79,6 +81,12 @@ class FakeConsumer:
             self.fail_commits -= 1
             raise kafka_exception(KafkaError.REBALANCE_IN_PROGRESS)
         self.commits += [tp.offset - 1 for tp in offsets]
+
+    def assignment(self):
+        return list(self.assigned)
+
+    def memberid(self):
+        return self.member_id
 
     def pause(self, partitions):
         self.paused += [(tp.topic, tp.partition) for tp in partitions]

@@ -1,6 +1,7 @@
 """The consumer runner's decisions for each message, with the in-memory consumer and producer."""
 
 import json
+import time
 
 import pytest
 from confluent_kafka import TopicPartition
@@ -9,10 +10,12 @@ from common import topics
 from common.kafka import (
     MAX_HANDLER_FAILURES,
     MAX_TRANSIENT_BACKOFF_S,
+    MEMBERSHIP_CHECK_S,
     DeliveryError,
     RetryLater,
     StopFlag,
     TransientError,
+    dropped_out_of_group,
     transient_backoff_s,
 )
 from common.messages import DeadLetter
@@ -316,3 +319,67 @@ def test_a_failing_poll_is_retried_not_raised():
     r.stop.wait = lambda timeout_s: False  # no real sleep in a unit test
     r.run()
     assert handled_ids == [question().question_id] and r.consumer.commits == [7]
+
+
+# -- a consumer that fell out of its group is rebuilt -------------------------------------------------
+
+
+def test_dropped_out_of_group_needs_an_answer_and_a_missing_member():
+    assert dropped_out_of_group("me", {"other"})
+    assert dropped_out_of_group(None, set())
+    assert not dropped_out_of_group("me", {"me", "other"})  # an idle member is still a member
+    assert not dropped_out_of_group("me", None)  # the broker did not answer: nothing proven
+
+
+def membership_runner(members):
+    """A runner with no partitions whose broker lists `members()`; counts the clients it builds."""
+    clock = Clock()
+    built: list[FakeConsumer] = []
+
+    def new_consumer():
+        built.append(FakeConsumer())
+        return built[-1]
+
+    r = runner(clock=clock, consumer_factory=new_consumer, group_members_probe=members)
+    r._subscribe()
+    return r, clock, built
+
+
+def test_a_consumer_no_longer_in_its_group_is_rebuilt_and_resubscribed():
+    r, clock, built = membership_runner(lambda: {"someone-else"})
+    first = r.consumer
+    r.poll_once(0)  # starts the unassigned clock
+    clock.now += MEMBERSHIP_CHECK_S - 1
+    r.poll_once(0)
+    assert built == [] and r.consumer is first
+    clock.now += 2
+    r.poll_once(0)
+    assert len(built) == 1 and r.consumer is built[0]
+    assert r.consumer.callbacks["assign"] is not None  # subscribed again, with the rebalance callbacks
+    wait_until_closed(first)
+
+
+def test_an_idle_member_or_an_unanswered_probe_keeps_its_client():
+    for members in (lambda: {"member-1"}, lambda: None):
+        r, clock, built = membership_runner(members)
+        r.poll_once(0)
+        clock.now += 3 * MEMBERSHIP_CHECK_S
+        r.poll_once(0)
+        assert built == []
+
+
+def test_a_consumer_with_partitions_never_asks():
+    asked = []
+    r, clock, built = membership_runner(lambda: asked.append(1) or set())
+    r.consumer.assigned = [TopicPartition(topics.QUESTIONS_PENDING, 0)]
+    for _ in range(3):
+        r.poll_once(0)
+        clock.now += MEMBERSHIP_CHECK_S
+    assert asked == [] and built == []
+
+
+def wait_until_closed(consumer, timeout_s: float = 5.0):
+    deadline = time.monotonic() + timeout_s
+    while not consumer.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert consumer.closed
