@@ -29,12 +29,6 @@ from common.operations import (
 from common.settings import ServiceSettings
 
 
-class OperatorSettings(ServiceSettings):
-    """The operator commands also reach storage_service over HTTP (STORAGE_URL, as the traffic generator)."""
-
-    storage_url: str = "http://localhost:5001"
-
-
 def init_topics(settings: ServiceSettings, wait_s: float) -> None:
     log = configure_logging("init-topics", settings.log_level)
     deadline = time.monotonic() + wait_s
@@ -66,7 +60,7 @@ def replay(settings: ServiceSettings, args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-def rerun(settings: OperatorSettings, question_id: str) -> None:
+def rerun(settings: ServiceSettings, question_id: str) -> None:
     """Asks the question again through POST /query: the one path that starts a run, atomically with
     its publish (rolled back if Kafka refuses), under the row lock that keeps two askers from
     forking it, with the same rules (stale pending, cache) as any client. The database is read only
@@ -97,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     rerun_cmd.add_argument("question_id")
     args = parser.parse_args(argv)
 
-    settings = OperatorSettings()
+    # The operator commands also reach storage_service over HTTP (STORAGE_URL, as the traffic generator).
+    settings = ServiceSettings()
     if args.command == "init-topics":
         init_topics(settings, args.wait_s)
         return

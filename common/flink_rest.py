@@ -4,7 +4,11 @@ watchdog, `make status`, storage_service's /health and the backup scorer."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 
 SCORE_JOB_NAME = "Flink Score Validator Job"
 ACTIVE_STATES = frozenset({"RUNNING", "CREATED", "RESTARTING", "INITIALIZING", "RECONCILING"})
@@ -39,3 +43,54 @@ def all_tasks_running(job: dict) -> bool:
     tasks = job.get("tasks", {})
     total = tasks.get("total", 0)
     return job.get("state") == "RUNNING" and total > 0 and tasks.get("running", 0) == total
+
+
+@dataclass(frozen=True)
+class ScoreJobStatus:
+    running: bool
+    state: str  # the job's state as `read` names it, or "unreachable: <why>"
+
+
+def running_and_state(jobs: list[dict]) -> tuple[bool, str]:
+    return score_job_active(jobs), score_job_state(jobs)
+
+
+class ScoreJobWatch:
+    """Is the score job running? Asked of Flink's REST API with a short timeout, and the answer reused
+    for `ttl_s` seconds so that a caller that asks on every message or every /health stays cheap.
+    An unreachable Flink (refused, timed out, not Flink's answer) is "not running". Thread-safe.
+
+    `read` turns a /jobs/overview answer into (running, state); callers may name states their own way.
+    """
+
+    def __init__(
+        self,
+        rest_url: str,
+        *,
+        timeout_s: float,
+        ttl_s: float,
+        read: Callable[[list[dict]], tuple[bool, str]] = running_and_state,
+        fetch: Callable[[], list[dict]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch or (lambda: list_jobs(rest_url, timeout_s=timeout_s))
+        self._read, self._ttl_s, self._clock = read, ttl_s, clock
+        self._lock = threading.Lock()
+        self._checked_at = float("-inf")
+        self._last = ScoreJobStatus(False, "not checked yet")
+
+    def status(self) -> ScoreJobStatus:
+        with self._lock:
+            if self._clock() - self._checked_at >= self._ttl_s:
+                self._last = self._ask()
+                self._checked_at = self._clock()
+            return self._last
+
+    def active(self) -> bool:
+        return self.status().running
+
+    def _ask(self) -> ScoreJobStatus:
+        try:
+            return ScoreJobStatus(*self._read(self._fetch()))
+        except (OSError, ValueError, KeyError) as exc:  # refused, timed out, or not Flink's answer
+            return ScoreJobStatus(False, f"unreachable: {exc}")

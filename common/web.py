@@ -13,8 +13,9 @@ from typing import Any
 
 from flask import Flask, Request, jsonify, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from werkzeug.exceptions import HTTPException
+
+from common.settings import StackSettings
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,6 @@ log = logging.getLogger(__name__)
 MAX_JSON_DEPTH = 32
 # Kept in the repository (docs/openapi/<service>.json) and served at GET /openapi.json.
 OPENAPI_DIR = Path(__file__).resolve().parent.parent / "docs" / "openapi"
-
-
-class WebSettings(BaseSettings):
-    """Where the HTTP services listen. Loopback unless BIND_HOST says otherwise (containers: 0.0.0.0)."""
-
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
-
-    bind_host: str = "127.0.0.1"
 
 
 class ApiError(Exception):
@@ -186,7 +179,7 @@ def serve(
     """
     from gunicorn.app.base import BaseApplication
 
-    host = bind_host or WebSettings().bind_host
+    host = bind_host or StackSettings().bind_host
 
     class _App(BaseApplication):
         def load_config(self) -> None:

@@ -6,7 +6,6 @@ from common.settings import PipelineSettings, ServiceSettings
 class JobSettings(PipelineSettings):
     """Read once, on the client that submits the job; the values travel with the job graph."""
 
-    score_validator_url: str = "http://localhost:8000"
     flink_parallelism: int = 1
     flink_checkpoint_interval_ms: int = 5000
     scorer_concurrency: int = 8
@@ -21,7 +20,6 @@ class JobSettings(PipelineSettings):
 class WatchdogSettings(ServiceSettings):
     """The watchdog that keeps the job deployed (flink_job/watchdog.py)."""
 
-    flink_rest_url: str = "http://localhost:8081"
     flink_bin: str | None = None  # default: the `flink` script of the installed PyFlink
     # Where the cluster writes checkpoints (execution.checkpointing.dir): the watchdog restores the
     # job from the latest one there. None: always from the committed offsets.

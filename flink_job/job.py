@@ -163,7 +163,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: JobSettings) -> No
     # value-only deserializers, and SimpleStringSchema fails the task on a null value.
     builder._j_builder.setDeserializer(get_gateway().jvm.yahoollm.flink.RawRecordDeserializationSchema())
     answers = env.from_source(
-        builder.build(), WatermarkStrategy.no_watermarks(), "llm-responses-success", type_info=Types.STRING()
+        builder.build(), WatermarkStrategy.no_watermarks(), topics.LLM_RESPONSES_SUCCESS, type_info=Types.STRING()
     ).uid("kafka-source")
     routed = (
         AsyncDataStream.unordered_wait(

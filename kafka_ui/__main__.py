@@ -4,13 +4,8 @@ from common.logging import configure_logging
 from common.settings import ServiceSettings
 from common.web import serve
 
-
-class KafkaUISettings(ServiceSettings):
-    kafka_ui_port: int = 8080
-
-
 if __name__ == "__main__":
-    settings = KafkaUISettings()
+    settings = ServiceSettings()
     configure_logging("kafka-ui", settings.log_level)
 
     def app_factory():
@@ -19,4 +14,4 @@ if __name__ == "__main__":
 
         return create_app(KafkaBrowser(settings.kafka_bootstrap_servers))
 
-    serve(app_factory, settings.kafka_ui_port, threads=4, timeout_s=30)
+    serve(app_factory, settings.kafka_ui_port, bind_host=settings.bind_host, threads=4, timeout_s=30)

@@ -7,7 +7,6 @@ from common.settings import PipelineSettings
 
 class LLMConsumerSettings(PipelineSettings):
     llm_backend: Literal["ollama", "openai"] = "ollama"
-    ollama_url: str = "http://localhost:11434"
     # LLM_BACKEND=openai: any OpenAI-compatible server; the default is Ollama's own /v1 API.
     openai_base_url: str = "http://localhost:11434/v1"
     openai_api_key: str | None = None

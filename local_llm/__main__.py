@@ -15,4 +15,6 @@ if __name__ == "__main__":
         return create_app(settings, LocalModel(settings.cache_dir, settings.local_llm_threads))
 
     # Threads beyond the queue's capacity, so a full queue is answered 503 at once, not left waiting.
-    serve(app_factory, settings.port, threads=settings.ollama_max_queue + 4, timeout_s=600)
+    serve(
+        app_factory, settings.port, bind_host=settings.bind_host, threads=settings.ollama_max_queue + 4, timeout_s=600
+    )

@@ -7,7 +7,6 @@ from common.settings import ServiceSettings
 
 
 class LocalLLMSettings(ServiceSettings):
-    ollama_url: str = "http://localhost:11434"
     local_llm_port: int | None = None  # default: the port of OLLAMA_URL
     local_llm_model_name: str = "smollm2:135m"
     # One torch thread: with two, generation collapsed ~10x whenever the other core was busy.
@@ -15,7 +14,6 @@ class LocalLLMSettings(ServiceSettings):
     local_llm_default_num_predict: int = 128
     local_llm_max_num_predict: int = 1024
     ollama_max_queue: int = 8  # requests waiting beyond the one generating; more get HTTP 503
-    yahoo_llm_state_dir: str = ".state"
 
     @property
     def port(self) -> int:
@@ -23,4 +21,4 @@ class LocalLLMSettings(ServiceSettings):
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.yahoo_llm_state_dir) / "local-llm" / "smollm2-135m-instruct"
+        return self.state_dir / "local-llm" / "smollm2-135m-instruct"

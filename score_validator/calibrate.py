@@ -18,7 +18,7 @@ import statistics
 from pathlib import Path
 
 from common.dataset import SAMPLE_CSV, read_questions
-from score_validator.config import BASELINES, DEFAULT_MODEL
+from score_validator.config import BASELINES, ScoreValidatorSettings
 from score_validator.scorer import resolve_model
 
 HERE = Path(__file__).parent / "calibration"
@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="score_validator.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=os.environ.get("BERTSCORE_MODEL", DEFAULT_MODEL))
+    settings = ScoreValidatorSettings()
+    parser.add_argument("--model", default=settings.bertscore_model)
     parser.add_argument("--layers", default="0-6", help="inclusive range, e.g. 0-6 (the baseline file needs 0..max)")
-    parser.add_argument("--threshold", type=float, default=float(os.environ.get("QUALITY_THRESHOLD", 0.75)))
+    parser.add_argument("--threshold", type=float, default=settings.quality_threshold)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch

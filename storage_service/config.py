@@ -4,8 +4,6 @@ from common.settings import ServiceSettings
 
 
 class StorageSettings(ServiceSettings):
-    storage_port: int = 5001
-    redis_url: str = "redis://localhost:6379/0"
     cache_ttl_s: int = 7 * 24 * 3600
     # Input limits (README, "API"): larger bodies get HTTP 413.
     max_body_bytes: int = 64 * 1024
@@ -18,6 +16,5 @@ class StorageSettings(ServiceSettings):
     # attempts, each with its overload and quota retries); shorter only costs LLM calls.
     pending_timeout_s: float = 900.0
     # /health asks Flink's REST API whether the score job runs; the answer is reused for a few seconds.
-    flink_rest_url: str = "http://localhost:8081"
     flink_check_timeout_s: float = 1.0
     flink_check_cache_s: float = 5.0

@@ -312,7 +312,7 @@ class Repository:
                 ).fetchall()
             }
         return {
-            "total_responses": sum(n for s, n in by_status.items() if s != "pending"),
+            "total_responses": sum(n for s, n in by_status.items() if s != Status.PENDING),
             "questions_by_status": by_status,
             "average_score": averages["average_score"],
             "average_best_score": averages["average_best_score"],

@@ -14,14 +14,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-STATE = Path(os.environ.get("YAHOO_LLM_STATE_DIR", ROOT / ".state"))
+from common.settings import PROJECT_ROOT, StackSettings
+from scripts.platform.layout import Layout
+
+ROOT = PROJECT_ROOT
+STATE = StackSettings().state_dir
+# The fake LLM's port (the test stack's OLLAMA_URL): a test-only knob, not a setting of the stack.
 FAKE_LLM_PORT = int(os.environ.get("FAKE_LLM_PORT", "11435"))
 
 TEST_ENV = {
@@ -114,7 +117,7 @@ def stack_command(command: str, env: dict, timeout_s: float = 900) -> None:
 
 @cache
 def native_stack() -> ModuleType:
-    """scripts/stack.py as a module: the one place that knows a stack's ports, URLs and passwords."""
+    """scripts/stack.py as a module (its `Layout` knows a stack's ports, URLs and passwords)."""
     spec = importlib.util.spec_from_file_location("native_stack", ROOT / "scripts" / "stack.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -123,12 +126,13 @@ def native_stack() -> ModuleType:
     return module
 
 
-def stack_endpoints(layout, env: dict) -> Stack:
-    """What a client of the stack described by `layout` uses (the passwords it generated included)."""
+def stack_endpoints(layout: Layout, env: dict) -> Stack:
+    """What a client of the stack described by `layout` uses (the passwords it generated included):
+    StackSettings read from the stack's environment, as its processes read them."""
     return Stack(
-        storage_url=f"http://localhost:{layout.storage_port}",
+        storage_url=layout.storage_url,
         scorer_url=layout.score_validator_url,
-        flink_url=f"http://localhost:{layout.flink_rest_port}",
+        flink_url=layout.flink_rest_url,
         kafka_bootstrap=layout.kafka_bootstrap,
         database_url=layout.database_url,
         redis_url=layout.redis_url,
@@ -140,7 +144,7 @@ def stack_endpoints(layout, env: dict) -> Stack:
 def stack(fake_llm) -> Stack:
     env = {**os.environ, **TEST_ENV}
     stack_command("up", env)
-    yield stack_endpoints(native_stack().Layout("test-stack", env), env)
+    yield stack_endpoints(Layout("test-stack", env), env)
     if os.environ.get("YAHOO_LLM_KEEP_TEST_STACK") != "1":
         subprocess.run(_stack_cmd("down"), env=env, check=False, timeout=300)
 

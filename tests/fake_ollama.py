@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.fakes import reply_json
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -65,21 +67,13 @@ def make_handler(fake: FakeOllama):
         def log_message(self, *_args) -> None:
             pass
 
-        def _json(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
         def do_GET(self) -> None:
             if self.path == "/api/version":
-                self._json(200, {"version": "0.0.0-fake"})
+                reply_json(self, 200, {"version": "0.0.0-fake"})
             elif self.path == "/api/tags":
-                self._json(200, {"models": [{"name": "fake:latest", "model": "fake:latest"}]})
+                reply_json(self, 200, {"models": [{"name": "fake:latest", "model": "fake:latest"}]})
             else:
-                self._json(404, {"error": "not found"})
+                reply_json(self, 404, {"error": "not found"})
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
@@ -89,15 +83,16 @@ def make_handler(fake: FakeOllama):
             elif self.path == "/v1/chat/completions":  # OpenAI-compatible, as Ollama also serves
                 prompt = (body.get("messages") or [{}])[-1].get("content", "")
             else:
-                self._json(404, {"error": "not found"})
+                reply_json(self, 404, {"error": "not found"})
                 return
             action = fake.next_action(prompt)
             if action.delay_s:
                 time.sleep(action.delay_s)
             if isinstance(action, Fail):
-                self._json(action.status, {"error": f"scripted failure {action.status}"})
+                reply_json(self, action.status, {"error": f"scripted failure {action.status}"})
             elif self.path == "/api/generate":
-                self._json(
+                reply_json(
+                    self,
                     200,
                     {
                         "model": body.get("model", "fake"),
@@ -108,7 +103,8 @@ def make_handler(fake: FakeOllama):
                     },
                 )
             else:
-                self._json(
+                reply_json(
+                    self,
                     200,
                     {
                         "id": "chatcmpl-fake",

@@ -1,9 +1,12 @@
-"""The one in-memory Kafka consumer, producer and message for unit tests of the consumer runner and
-its handlers (integration and e2e tests use the real broker)."""
+"""The one in-memory Kafka consumer, producer and message for unit tests of the consumer runner, its
+handlers and the HTTP apps (integration and e2e tests use the real broker), and the JSON reply of the
+tests' fake HTTP servers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -113,6 +116,11 @@ class FakeProducer:
     def send(self, topic, message):
         self.pending.append((topic, message))
 
+    def send_and_wait(self, topic, message):
+        """ConfirmedProducer's one-message send (POST /query, a replay): sent and flushed at once."""
+        self.send(topic, message)
+        self.flush()
+
     def flush(self, timeout_s=30.0):
         self.flushes += 1
         pending, self.pending = self.pending, []
@@ -123,6 +131,16 @@ class FakeProducer:
 
     def topics(self) -> list[str]:
         return [topic for topic, _ in self.sent]
+
+
+def reply_json(handler: BaseHTTPRequestHandler, status: int, body: object) -> None:
+    """A fake HTTP server's answer: `body` as JSON with its length."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 class Clock:

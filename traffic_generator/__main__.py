@@ -4,39 +4,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from common.dataset import SAMPLE_CSV, read_questions
+from common.dataset import read_questions
+from traffic_generator.config import TrafficSettings
 from traffic_generator.generator import DISTRIBUTIONS, TrafficGenerator, arrival_offsets, choose_requests
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    settings = TrafficSettings()
     parser = argparse.ArgumentParser(prog="traffic_generator", description=__doc__)
     parser.add_argument(
         "--csv",
         type=Path,
-        default=Path(os.environ.get("TRAFFIC_CSV", SAMPLE_CSV)),
+        default=settings.traffic_csv,
         help="Yahoo Answers CSV: class, title, content, best_answer (no header)",
     )
-    parser.add_argument(
-        "--url", default=os.environ.get("STORAGE_URL", f"http://localhost:{os.environ.get('STORAGE_PORT', '5001')}")
-    )
-    parser.add_argument("--count", type=int, default=int(os.environ.get("TRAFFIC_COUNT", 50)))
-    parser.add_argument(
-        "--rate", type=float, default=float(os.environ.get("TRAFFIC_RATE", 2.0)), help="requests per second"
-    )
-    parser.add_argument(
-        "--distribution", choices=DISTRIBUTIONS, default=os.environ.get("TRAFFIC_DISTRIBUTION", "poisson")
-    )
+    parser.add_argument("--url", default=settings.storage_url, help="storage_service (STORAGE_URL)")
+    parser.add_argument("--count", type=int, default=settings.traffic_count)
+    parser.add_argument("--rate", type=float, default=settings.traffic_rate, help="requests per second")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default=settings.traffic_distribution)
     parser.add_argument(
         "--repeat-ratio",
         type=float,
-        default=float(os.environ.get("TRAFFIC_REPEAT_RATIO", 0.2)),
+        default=settings.traffic_repeat_ratio,
         help="share of requests that repeat a question already sent (cache hits)",
     )
     parser.add_argument("--seed", type=int, default=None)

@@ -19,6 +19,7 @@ from typing import Protocol
 import requests
 
 from common.dataset import Question
+from common.topics import Status
 
 DISTRIBUTIONS = ("constant", "poisson")
 
@@ -68,7 +69,7 @@ def label_of(status: int, body: dict) -> str:
     if status == 200:
         return f"found ({body.get('source', '?')})"
     if status == 202:
-        return "pending"
+        return Status.PENDING.value
     return f"HTTP {status}"
 
 
@@ -164,7 +165,7 @@ class TrafficGenerator:
                     resp = self._session().get(f"{self.base_url}/status/{qid}", timeout=self.timeout_s)
                 except requests.RequestException:
                     continue
-                if resp.ok and resp.json().get("status") != "pending":
+                if resp.ok and resp.json().get("status") != Status.PENDING:
                     final[qid] = resp.json()["status"]
                     waiting.discard(qid)
             if waiting:

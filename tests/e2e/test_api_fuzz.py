@@ -29,22 +29,21 @@ def send(base_url: str, api: Api, request: tuple[str, str, dict[str, str], bytes
     return resp
 
 
-def test_storage_api_never_answers_5xx(stack):
+def fuzz_over_http(base_url: str, api: Api) -> None:
     @OVER_HTTP
-    @given(request=requests_for(LIVE_STORAGE))
+    @given(request=requests_for(api))
     def fuzz(request):
-        send(stack.storage_url, LIVE_STORAGE, request)
+        send(base_url, api, request)
 
     fuzz()
+
+
+def test_storage_api_never_answers_5xx(stack):
+    fuzz_over_http(stack.storage_url, LIVE_STORAGE)
 
 
 def test_score_api_never_answers_5xx(stack):
-    @OVER_HTTP
-    @given(request=requests_for(LIVE_SCORER))
-    def fuzz(request):
-        send(stack.scorer_url, LIVE_SCORER, request)
-
-    fuzz()
+    fuzz_over_http(stack.scorer_url, LIVE_SCORER)
 
 
 def test_the_model_scores_any_readable_text(stack):

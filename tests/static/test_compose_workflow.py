@@ -4,7 +4,6 @@ docker-compose.yml, and the checks it runs (scripts/compose_check.py) behave, ag
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import yaml
 from common.flink_rest import SCORE_JOB_NAME
 from common.topics import ALL_TOPICS
 from tests.conftest import ROOT
+from tests.fakes import reply_json
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import compose_check
@@ -125,25 +125,17 @@ class FakeFleet(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def reply(self, code: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
-        self.reply(202, {"status": "pending", "question_id": "q1"})
+        reply_json(self, 202, {"status": "pending", "question_id": "q1"})
 
     def do_GET(self) -> None:
         if self.path == "/jobs/overview":
             state = self.job_states.pop(0) if len(self.job_states) > 1 else self.job_states[0]
-            self.reply(200, {"jobs": [{"name": SCORE_JOB_NAME, "state": state, "start-time": 1}]})
+            reply_json(self, 200, {"jobs": [{"name": SCORE_JOB_NAME, "state": state, "start-time": 1}]})
         else:
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-            self.reply(200, {"question_id": "q1", "status": status})
+            reply_json(self, 200, {"question_id": "q1", "status": status})
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from common.operations import (
     rerun_outcome,
 )
 from common.topics import Status
+from tests.fakes import FakeProducer
 
 MESSAGE = PipelineMessage.new("What is the capital of Chile?", "Santiago").evolve(run=2)
 
@@ -115,14 +116,6 @@ class FakeStore:
         return True
 
 
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, PipelineMessage]] = []
-
-    def send_and_wait(self, topic: str, message: PipelineMessage) -> None:
-        self.sent.append((topic, message))
-
-
 def test_a_replay_reopens_and_republishes_once_per_question_run():
     store, producer = FakeStore(QuestionRow(Status.FAILED, 2, "dead_letter")), FakeProducer()
     replayer = Replayer(store, producer, ReplayFilter())  # type: ignore[arg-type]
@@ -143,12 +136,9 @@ def test_a_dry_run_changes_nothing():
 
 
 def test_kafka_refusing_the_publish_leaves_the_question_failed():
-    class Refusing(FakeProducer):
-        def send_and_wait(self, topic: str, message: PipelineMessage) -> None:
-            raise DeliveryError("broker down")
-
     store = FakeStore(QuestionRow(Status.FAILED, 2, "dead_letter"))
-    replayer = Replayer(store, Refusing(), ReplayFilter())  # type: ignore[arg-type]
+    refusing = FakeProducer(fail_flushes=1)  # the broker never acknowledges the publish
+    replayer = Replayer(store, refusing, ReplayFilter())  # type: ignore[arg-type]
     with pytest.raises(DeliveryError):
         replayer.offer(letter_of(MESSAGE.to_bytes()))
     assert store.reopened == 0 and replayer.report.replayed == []

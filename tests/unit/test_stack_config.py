@@ -1,5 +1,6 @@
-"""What scripts/stack.py generates for the native stack, read back the way its consumers read it
-(supervisord's own parser): secure defaults, `%` escaping, the stop order and grace."""
+"""What scripts/stack.py (its parts in scripts/platform/) generates for the native stack, read back
+the way its consumers read it (supervisord's own parser): secure defaults, `%` escaping, the stop
+order and grace."""
 
 from __future__ import annotations
 
@@ -10,18 +11,17 @@ from urllib.parse import urlparse
 import pytest
 from supervisor.options import ServerOptions
 
-from tests.conftest import native_stack
-
-stack = native_stack()
+from scripts.platform import config as stack_config
+from scripts.platform import processes
+from scripts.platform.layout import Layout, masked
 
 
 @pytest.fixture
-def layout_for(tmp_path, monkeypatch):
+def layout_for(tmp_path):
     """A Layout whose state folder is a temporary one."""
-    monkeypatch.setattr(stack, "STATE", tmp_path)
 
     def make(**env: str):
-        layout = stack.Layout("unit-stack", env)
+        layout = Layout("unit-stack", env, state=tmp_path)
         layout.path("logs").mkdir(parents=True, exist_ok=True)  # supervisord checks log folders exist
         return layout
 
@@ -49,7 +49,7 @@ def test_percent_in_environment_and_command_reaches_the_process_unchanged(layout
         "DATABASE_URL": "postgresql://yahoo:a%2Cb@localhost:5432/yahoo_llm",
         "LIST": "a,b=c",
     }
-    section = stack.program("svc", "/bin/echo 100% done", layout_for(), environment=env)
+    section = processes.program("svc", "/bin/echo 100% done", layout_for(), environment=env)
     assert 'REDIS_URL="redis://:p%%40ss%%25word@localhost:6379/0"' in section
     [config] = parse_programs(section).values()
     assert config.environment == env
@@ -58,7 +58,7 @@ def test_percent_in_environment_and_command_reaches_the_process_unchanged(layout
 
 def test_a_double_quote_in_a_value_is_refused_not_mangled(layout_for):
     with pytest.raises(SystemExit, match="PASSWORD"):
-        stack.program("svc", "/bin/true", layout_for(), environment={"PASSWORD": 'a"b'})
+        processes.program("svc", "/bin/true", layout_for(), environment={"PASSWORD": 'a"b'})
 
 
 # --- orderly stop ---------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_stop_plan_services_first_then_llm_flink_scorer_kafka_and_stores_last():
         "local-llm",
         "flink-job-watchdog",
     ]
-    assert stack.stop_plan(running) == [
+    assert processes.stop_plan(running) == [
         sorted(
             [
                 "flink-job-watchdog",
@@ -106,7 +106,7 @@ def test_stop_plan_services_first_then_llm_flink_scorer_kafka_and_stores_last():
 def test_supervisord_priorities_give_its_own_shutdown_the_same_order(layout_for):
     """supervisord stops the highest priority first; every program's section says so."""
     names = ["storage-consumer", "local-llm", "flink-jobmanager", "score-validator", "kafka", "postgres"]
-    parsed = parse_programs(*(stack.program(name, "/bin/true", layout_for()) for name in names))
+    parsed = parse_programs(*(processes.program(name, "/bin/true", layout_for()) for name in names))
     priorities = [parsed[name].priority for name in names]
     assert priorities == sorted(priorities, reverse=True) and len(set(priorities)) == len(priorities)
 
@@ -114,12 +114,12 @@ def test_supervisord_priorities_give_its_own_shutdown_the_same_order(layout_for)
 @pytest.mark.parametrize("timeout", ["120", "3", "400"])
 def test_consumers_may_finish_an_llm_call_before_they_are_killed(layout_for, timeout):
     layout = layout_for(LLM_TIMEOUT_S=timeout)
-    sections = [stack.program(name, "/bin/true", layout) for name in sorted(stack.CONSUMERS)]
-    sections.append(stack.program("llm-consumer", "/bin/true", layout, numprocs=2))
+    sections = [processes.program(name, "/bin/true", layout) for name in sorted(processes.CONSUMERS)]
+    sections.append(processes.program("llm-consumer", "/bin/true", layout, numprocs=2))
     for name, config in parse_programs(*sections).items():
         assert config.stopwaitsecs > float(timeout) + 10, name
-    api = parse_programs(stack.program("storage-service", "/bin/true", layout))["storage-service"]
-    assert api.stopwaitsecs == stack.DEFAULT_STOP_GRACE_S
+    api = parse_programs(processes.program("storage-service", "/bin/true", layout))["storage-service"]
+    assert api.stopwaitsecs == processes.DEFAULT_STOP_GRACE_S
 
 
 # --- secure defaults ------------------------------------------------------------------------
@@ -128,30 +128,32 @@ def test_consumers_may_finish_an_llm_call_before_they_are_killed(layout_for, tim
 def test_everything_listens_on_loopback_unless_bind_host_says_otherwise(layout_for):
     assert layout_for().bind_host == "127.0.0.1"
     assert layout_for(BIND_HOST="0.0.0.0").bind_host == "0.0.0.0"
-    conf = stack.write_kafka_config(layout_for()).read_text()
+    conf = stack_config.write_kafka_config(layout_for()).read_text()
     assert "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://localhost:9093" in conf
-    exposed = stack.write_kafka_config(layout_for(BIND_HOST="0.0.0.0", KAFKA_BOOTSTRAP_SERVERS="localhost:9192"))
+    exposed = stack_config.write_kafka_config(layout_for(BIND_HOST="0.0.0.0", KAFKA_BOOTSTRAP_SERVERS="localhost:9192"))
     assert "listeners=PLAINTEXT://0.0.0.0:9192,CONTROLLER://localhost:9193" in exposed.read_text()
 
 
 def test_flink_listens_on_loopback(layout_for):
     import yaml
 
-    config = yaml.safe_load((stack.write_flink_config(layout_for()) / "config.yaml").read_text())
+    config = yaml.safe_load((stack_config.write_flink_config(layout_for()) / "config.yaml").read_text())
     assert config["rest.bind-address"] == "127.0.0.1"
     assert config["jobmanager.bind-host"] == config["taskmanager.bind-host"] == "127.0.0.1"
-    exposed = yaml.safe_load((stack.write_flink_config(layout_for(BIND_HOST="0.0.0.0")) / "config.yaml").read_text())
+    exposed = yaml.safe_load(
+        (stack_config.write_flink_config(layout_for(BIND_HOST="0.0.0.0")) / "config.yaml").read_text()
+    )
     assert exposed["rest.bind-address"] == "0.0.0.0"
     assert exposed["jobmanager.bind-host"] == "127.0.0.1"  # internal ports stay on loopback
 
 
 def test_postgres_authenticates_every_connection_by_password():
-    local = stack.pg_hba_lines("127.0.0.1")
+    local = stack_config.pg_hba_lines("127.0.0.1")
     rules = [line.split() for line in local if line and not line.startswith("#")]
     assert rules and all(rule[-1] == "scram-sha-256" for rule in rules)
     assert not any("trust" in rule for rule in rules)
     assert {rule[3] for rule in rules if rule[0] == "host"} == {"127.0.0.1/32", "::1/128"}
-    exposed = [line.split() for line in stack.pg_hba_lines("0.0.0.0") if line and not line.startswith("#")]
+    exposed = [line.split() for line in stack_config.pg_hba_lines("0.0.0.0") if line and not line.startswith("#")]
     assert ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"] in exposed
 
 
@@ -163,7 +165,7 @@ def test_redis_password_is_generated_once_per_stack_and_kept_private(layout_for)
     secret = layout.path("secrets", "redis")
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret.parent.stat().st_mode) == 0o700
-    included = stack.write_redis_secrets(layout)
+    included = stack_config.write_redis_secrets(layout)
     assert included.read_text() == f'requirepass "{url.password}"\n'
     assert stat.S_IMODE(included.stat().st_mode) == 0o600
 
@@ -178,9 +180,9 @@ def test_redis_password_from_the_environment(layout_for):
 
 
 def test_passwords_are_masked_when_printed():
-    assert stack.masked("redis://:s3cret@localhost:6379/0") == "redis://:***@localhost:6379/0"
-    assert stack.masked("postgresql://yahoo:yahoo@localhost:5432/db") == "postgresql://yahoo:***@localhost:5432/db"
-    assert stack.masked("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    assert masked("redis://:s3cret@localhost:6379/0") == "redis://:***@localhost:6379/0"
+    assert masked("postgresql://yahoo:yahoo@localhost:5432/db") == "postgresql://yahoo:***@localhost:5432/db"
+    assert masked("redis://localhost:6379/0") == "redis://localhost:6379/0"
 
 
 def test_flink_wildcard_binds_become_loopback_binds(layout_for):
@@ -189,10 +191,10 @@ def test_flink_wildcard_binds_become_loopback_binds(layout_for):
     import subprocess
     import sys
 
-    assert stack.loopback_bind_preload(layout_for(BIND_HOST="0.0.0.0")) == {}
+    assert stack_config.loopback_bind_preload(layout_for(BIND_HOST="0.0.0.0")) == {}
     if not (shutil.which("cc") or shutil.which("gcc")):
         pytest.skip("no C compiler (scripts/install.sh installs gcc)")
-    preload = stack.loopback_bind_preload(layout_for())["LD_PRELOAD"]
+    preload = stack_config.loopback_bind_preload(layout_for())["LD_PRELOAD"]
     probe = (
         "import socket\n"
         "v4 = socket.socket(); v4.bind(('0.0.0.0', 0))\n"

@@ -10,9 +10,9 @@ from typing import Any
 
 import psycopg
 
+from common.flink_rest import ScoreJobStatus
 from storage_service.app import create_app, overall_health
 from storage_service.config import StorageSettings
-from storage_service.flink_check import FlinkJobStatus
 from tests.unit.web_fakes import UNREACHABLE_KAFKA, FakeCache, FakeProducer, FakeRepository, storage_app
 
 QUESTION = "What is the capital of Chile?"
@@ -48,8 +48,8 @@ def test_a_value_the_database_refuses_is_a_400_and_not_a_database_error():
 
 
 class StoppedJob:
-    def status(self) -> FlinkJobStatus:
-        return FlinkJobStatus(False, "missing")
+    def status(self) -> ScoreJobStatus:
+        return ScoreJobStatus(False, "missing")
 
 
 def test_health_names_a_missing_flink_job_and_metrics_count_it():

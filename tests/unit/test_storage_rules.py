@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from common import topics
-from common.flink_rest import SCORE_JOB_NAME
+from common.flink_rest import SCORE_JOB_NAME, ScoreJobWatch
 from common.messages import DeadLetter, PipelineMessage
 from common.topics import Status
-from storage_service.flink_check import FlinkJobCheck
 from storage_service.rules import (
     OutcomeResult,
     QuestionState,
@@ -154,7 +153,7 @@ def test_the_flink_answer_is_reused_for_a_few_seconds_and_unreachable_is_not_run
             raise answer
         return answer
 
-    check = FlinkJobCheck("http://flink", timeout_s=1, cache_s=5, fetch=fetch, clock=lambda: now[0])
+    check = ScoreJobWatch("http://flink", timeout_s=1, ttl_s=5, read=flink_job_state, fetch=fetch, clock=lambda: now[0])
     assert check.status().running
     now[0] = 4.9
     assert check.status().running and len(answers) == 1  # cached: not asked again

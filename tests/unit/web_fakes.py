@@ -13,6 +13,8 @@ from typing import Any
 from flask import Flask
 
 from common.messages import PipelineMessage, Score
+from common.topics import Status
+from tests.fakes import FakeProducer
 
 # A closed port: the storage app's Kafka admin client is only used by /health, which the fakes skip.
 UNREACHABLE_KAFKA = "127.0.0.1:9"
@@ -30,7 +32,7 @@ class FakeRepository:
 
         is_new = message.question_id not in self.claimed
         self.claimed.setdefault(message.question_id, message)
-        yield Claim(message.question_id, "pending", 1, is_new_run=is_new)
+        yield Claim(message.question_id, Status.PENDING.value, 1, is_new_run=is_new)
 
     def question(self, question_id: str) -> dict[str, Any] | None:
         return None
@@ -54,17 +56,6 @@ class FakeCache:
 
     def ping(self) -> bool:
         return True
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any]] = []
-
-    def send_and_wait(self, topic: str, message: Any) -> None:
-        self.sent.append((topic, message))
-
-    def send(self, topic: str, message: Any) -> None:
-        self.sent.append((topic, message))
 
 
 class FakeScorer:

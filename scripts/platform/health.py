@@ -1,0 +1,83 @@
+"""Health waits: is each part of a stack up? Poll with a deadline, never a bare sleep."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+from scripts.platform.layout import Layout
+
+
+def wait_for(what: str, check, timeout_s: float, interval_s: float = 0.5, layout: Layout | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_error = "not ready"
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_error = f"{type(exc).__name__}: {exc}"
+        time.sleep(interval_s)
+    hint = f"; logs: {layout.path('logs')}" if layout else ""
+    raise SystemExit(f"[stack] {what} not ready after {timeout_s:.0f}s ({last_error}){hint}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def http_json(url: str, timeout_s: float = 3.0):
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+def kafka_ready(layout: Layout) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    AdminClient({"bootstrap.servers": layout.kafka_bootstrap}).list_topics(timeout=3)
+    return True
+
+
+def postgres_ready(layout: Layout) -> bool:
+    import psycopg
+
+    with psycopg.connect(**postgres_superuser(layout), connect_timeout=3):
+        return True
+
+
+def postgres_superuser(layout: Layout) -> dict:
+    """How the stack itself connects to its cluster: the socket, as `postgres`, with its password."""
+    return {
+        "host": str(layout.path("postgres", "run")),
+        "port": layout.postgres_port,
+        "user": "postgres",
+        "password": layout.postgres_superuser_password,
+        "dbname": "postgres",
+    }
+
+
+def redis_ready(layout: Layout) -> bool:
+    import redis
+
+    return bool(redis.Redis.from_url(layout.redis_url, socket_timeout=2).ping())
+
+
+def flink_ready(layout: Layout) -> bool:
+    return http_json(f"{layout.flink_rest_url}/overview")["taskmanagers"] >= 1
+
+
+def http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=3) as resp:
+        return resp.status == 200
+
+
+def ollama_answers(url: str) -> bool:
+    try:
+        return http_ok(f"{url}/api/version")
+    except (urllib.error.URLError, OSError):
+        return False

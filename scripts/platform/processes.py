@@ -1,0 +1,311 @@
+"""The stack's processes: which programs there are, the supervisord configuration that runs them
+(one [program:x] section each, `%` escaped), the order they stop in, and supervisorctl."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from local_llm.config import LocalLLMSettings
+from scripts.platform.config import (
+    kafka_classpath,
+    loopback_bind_preload,
+    postgres_bin,
+    pyflink_home,
+    write_flink_config,
+    write_kafka_config,
+    write_redis_secrets,
+)
+from scripts.platform.layout import PYTHON, ROOT, STATE, VENV, Layout, running_as_root
+
+
+def literal(value: object) -> str:
+    """`value` as supervisord must read it: it expands `%(name)s` in commands, paths and
+    environment values, so a `%` of ours (a URL-encoded password) is written `%%`."""
+    return str(value).replace("%", "%%")
+
+
+def environment_line(environment: dict) -> str:
+    """KEY="value",... as supervisord parses it (shlex, without escapes: a `"` cannot be carried)."""
+    pairs = []
+    for key, value in environment.items():
+        text = literal(value)
+        if '"' in text or "\n" in text:
+            raise SystemExit(f"[stack] {key} contains a double quote or a newline, which supervisord cannot pass on")
+        pairs.append(f'{key}="{text}"')
+    return "environment=" + ",".join(pairs)
+
+
+def program(
+    name: str,
+    command: str,
+    layout: Layout,
+    *,
+    environment: dict | None = None,
+    user: str | None = None,
+    numprocs: int = 1,
+    stopsignal: str = "TERM",
+    stopwaitsecs: int | None = None,
+    directory: Path = ROOT,
+) -> str:
+    """One [program:x] section. The stop grace defaults to stop_grace_s(name); the priority makes
+    supervisord's own shutdown follow STOP_TIERS too."""
+    lines = [
+        f"[program:{name}]",
+        f"command={literal(command)}",
+        f"directory={literal(directory)}",
+        "autostart=false",
+        "autorestart=true",
+        "startsecs=3",
+        "startretries=5",
+        f"priority={stop_priority(name)}",
+        f"stopsignal={stopsignal}",
+        f"stopwaitsecs={stopwaitsecs if stopwaitsecs is not None else stop_grace_s(name, layout)}",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=2",
+    ]
+    if numprocs > 1:
+        lines += [
+            f"numprocs={numprocs}",
+            "process_name=%(program_name)s-%(process_num)d",
+            f"stdout_logfile={literal(layout.path('logs'))}/%(program_name)s-%(process_num)d.log",
+        ]
+    else:
+        lines.append(f"stdout_logfile={literal(layout.path('logs', name + '.log'))}")
+    if user:
+        lines.append(f"user={user}")
+    if environment:
+        lines.append(environment_line(environment))
+    return "\n".join(lines) + "\n"
+
+
+PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager"]
+SERVICES = [
+    "score-validator",
+    "storage-service",
+    "storage-consumer",
+    "llm-consumer",
+    "retry-overload-consumer",
+    "retry-quota-consumer",
+    "kafka-ui",
+]
+EMBEDDED_LLM = "local-llm"
+BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
+EMBEDDED_MODEL_NAME = LocalLLMSettings.model_fields["local_llm_model_name"].default
+
+# `make down` stops one tier at a time, every process of a tier at once: first what consumes and
+# serves (so consumers finish the message in hand, flush and commit while Kafka and PostgreSQL are
+# still there), the platform last. Tier 0 is every program not named below: the API, the
+# consumers, the Flink job watchdog, the Kafka browser.
+STOP_TIERS: list[set[str]] = [
+    set(),
+    {EMBEDDED_LLM},  # after the LLM consumers, which may be waiting on it
+    {"flink-jobmanager", "flink-taskmanager"},
+    {"score-validator"},  # after the Flink job, its client
+    {"kafka"},
+    {"postgres", "redis"},
+]
+# An LLM consumer may be in a call of up to LLM_TIMEOUT_S when asked to stop; it then produces,
+# flushes and commits. Consumers get that long plus this margin before supervisord kills them.
+CONSUMERS = {"storage-consumer", "llm-consumer", "retry-overload-consumer", "retry-quota-consumer", BACKUP_SCORER}
+CONSUMER_STOP_MARGIN_S = 30
+DEFAULT_STOP_GRACE_S = 30
+
+
+def stop_tier(name: str) -> int:
+    """The tier of a program ('llm-consumer') or of one of its processes ('llm-consumer:llm-consumer-0')."""
+    program_name = name.split(":", 1)[0]
+    return next((i for i, names in enumerate(STOP_TIERS) if program_name in names), 0)
+
+
+def stop_priority(name: str) -> int:
+    """supervisord stops higher priorities first (and starts them last)."""
+    return 900 - 100 * stop_tier(name)
+
+
+def stop_plan(names: list[str]) -> list[list[str]]:
+    """`names` grouped into the tiers they stop in, first tier first, empty tiers left out."""
+    tiers: list[list[str]] = [[] for _ in STOP_TIERS]
+    for name in names:
+        tiers[stop_tier(name)].append(name)
+    return [sorted(tier) for tier in tiers if tier]
+
+
+def stop_grace_s(name: str, layout: Layout) -> int:
+    if name in CONSUMERS:
+        return int(layout.llm_timeout_s) + CONSUMER_STOP_MARGIN_S
+    return DEFAULT_STOP_GRACE_S
+
+
+WATCHDOG = "flink-job-watchdog"  # keeps the Flink job deployed (flink_job/watchdog.py); compose: flink-job-submit
+
+
+def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
+    """The supervisord configuration of every program (none started yet), with the configuration
+    files they read. Run scripts.platform.init.initialise_storage first."""
+    kafka_conf = write_kafka_config(layout)
+    classpath = kafka_classpath()
+    flink_conf = write_flink_config(layout)
+    flink_bin = pyflink_home() / "bin"
+    loopback_only = loopback_bind_preload(layout)
+    pg_socket_dir = layout.path("postgres", "run")
+    pg_socket_dir.mkdir(parents=True, exist_ok=True)
+    if running_as_root():
+        shutil.chown(pg_socket_dir, "postgres", "postgres")
+    layout.path("redis").mkdir(parents=True, exist_ok=True)
+    redis_secrets = write_redis_secrets(layout)
+    flink_env = {
+        "FLINK_CONF_DIR": flink_conf,
+        "FLINK_LOG_DIR": layout.path("logs"),
+        "FLINK_PID_DIR": layout.path("flink", "run"),
+        "MAX_LOG_FILE_NUMBER": 2,
+    }
+    service_env = {
+        "PYTHONPATH": ROOT,
+        "PYTHONUNBUFFERED": 1,
+        "HF_HUB_OFFLINE": 1,
+        "KAFKA_BOOTSTRAP_SERVERS": layout.kafka_bootstrap,
+        "DATABASE_URL": layout.database_url,
+        "REDIS_URL": layout.redis_url,
+        "OLLAMA_URL": layout.ollama_url,
+        "YAHOO_LLM_STATE_DIR": STATE,
+        "BIND_HOST": layout.bind_host,
+    }
+    marker = layout.path("run", "embedded-llm")
+    marker.unlink(missing_ok=True)
+    if embedded_llm:
+        marker.touch()
+        if not layout.env.get("LLM_MODEL"):  # a model chosen explicitly is passed on as it is
+            service_env["LLM_MODEL"] = EMBEDDED_MODEL_NAME
+    py = str(PYTHON)
+    sections = [
+        "[unix_http_server]",
+        f"file={layout.path('run', 'supervisor.sock')}",
+        "",
+        "[supervisord]",
+        f"logfile={layout.path('logs', 'supervisord.log')}",
+        f"pidfile={layout.path('run', 'supervisord.pid')}",
+        f"childlogdir={layout.path('logs')}",
+        "logfile_maxbytes=10MB",
+        "logfile_backups=2",
+        "user=root" if running_as_root() else "",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{layout.path('run', 'supervisor.sock')}",
+        "",
+        program(
+            "kafka",
+            f"java -Xms256m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile={ROOT}/scripts/platform/kafka-log4j2.yaml "
+            f"-cp '{classpath}' kafka.Kafka {kafka_conf}",
+            layout,
+            stopwaitsecs=60,
+        ),
+        program(
+            "postgres",
+            f"{postgres_bin() / 'postgres'} -D {layout.path('postgres', 'data')} -p {layout.postgres_port} "
+            f"-c listen_addresses={layout.bind_host} -c unix_socket_directories={pg_socket_dir} "
+            "-c max_connections=100 -c password_encryption=scram-sha-256",
+            layout,
+            user="postgres" if running_as_root() else None,
+            stopsignal="INT",
+            stopwaitsecs=60,
+        ),
+        program(
+            "redis",
+            f"redis-server {ROOT}/redis/redis.conf --port {layout.redis_port} --bind {layout.bind_host} "
+            f"--include {redis_secrets} "
+            f"--dir {layout.path('redis')} --maxmemory {layout.settings.redis_maxmemory} "
+            f"--maxmemory-policy {layout.settings.redis_maxmemory_policy}",
+            layout,
+        ),
+        program(
+            "flink-jobmanager",
+            f"{flink_bin}/jobmanager.sh start-foreground",
+            layout,
+            environment={**flink_env, **loopback_only},
+            stopwaitsecs=60,
+        ),
+        program(
+            "flink-taskmanager",
+            f"{flink_bin}/taskmanager.sh start-foreground",
+            layout,
+            environment={**flink_env, **loopback_only},
+            stopwaitsecs=60,
+        ),
+        program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),
+        program("storage-service", f"{py} -m storage_service serve", layout, environment=service_env),
+        program("storage-consumer", f"{py} -m storage_service consume", layout, environment=service_env),
+        program("llm-consumer", f"{py} -m llm_consumer", layout, environment=service_env, numprocs=2),
+        program("retry-overload-consumer", f"{py} -m retry_consumers overload", layout, environment=service_env),
+        program("retry-quota-consumer", f"{py} -m retry_consumers quota", layout, environment=service_env),
+        program("kafka-ui", f"{py} -m kafka_ui", layout, environment=service_env),
+        program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
+        program(
+            WATCHDOG,
+            f"{py} -m flink_job.watchdog --log-file {layout.path('logs', 'flink-submit.log')}",
+            layout,
+            environment={
+                **service_env,
+                **flink_env,
+                "FLINK_REST_URL": layout.flink_rest_url,
+                "FLINK_CHECKPOINTS_DIR": layout.path("flink", "checkpoints"),
+                "SCORE_VALIDATOR_URL": layout.score_validator_url,
+                "TMPDIR": layout.path("flink", "tmp"),
+            },
+        ),
+        program(
+            BACKUP_SCORER,
+            f"{py} -m score_validator backup-consumer",
+            layout,
+            environment={**service_env, "FLINK_REST_URL": layout.flink_rest_url},
+        ),
+    ]
+    conf = layout.path("supervisord.conf")
+    conf.touch(mode=0o600)
+    conf.chmod(0o600)  # it holds the stack's passwords (in DATABASE_URL and REDIS_URL)
+    conf.write_text("\n".join(sections))
+    return conf
+
+
+def supervisorctl(layout: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV / "bin" / "supervisorctl"), "-c", str(layout.path("supervisord.conf")), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def supervisord_pid(layout: Layout) -> int | None:
+    pidfile = layout.path("run", "supervisord.pid")
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def start_programs(layout: Layout, names: list[str]) -> None:
+    status = supervisorctl(layout, "status", check=False).stdout
+    for name in names:
+        target = f"{name}:*" if name == "llm-consumer" else name
+        line = next((ln for ln in status.splitlines() if ln.split(" ")[0].split(":")[0] == name), "")
+        if "RUNNING" in line and name != "llm-consumer":
+            continue
+        supervisorctl(layout, "start", target, check=False)
+
+
+def running_processes(layout: Layout) -> list[str]:
+    """Names ('kafka', 'llm-consumer:llm-consumer-0') of the processes supervisord has not stopped."""
+    lines = supervisorctl(layout, "status", check=False).stdout.splitlines()
+    idle = ("STOPPED", "EXITED", "FATAL")
+    return [line.split()[0] for line in lines if len(line.split()) > 1 and line.split()[1] not in idle]
