@@ -205,21 +205,41 @@ class QuestionStore:
         return QuestionRow(Status(found[0]), found[1], found[2]) if found else None
 
     def reopen_and(self, message: PipelineMessage, publish: Callable[[], None]) -> bool:
-        """Set the question back to pending (same run) and publish, in one transaction: if the
-        publish fails, the question stays failed. False when another replay got there first."""
+        """Set the question back to pending (same run), then publish; if the publish fails, the
+        question is failed again as it was. False when another replay got there first.
+
+        The reopening is committed before the publish on purpose: llm_consumer's call ledger reads
+        the question's status when the message arrives (often within milliseconds of the broker's
+        acknowledgement), and a question still `failed` then is skipped as over. A replayer that
+        dies between the two leaves the question pending with nothing on its way; `rerun` asks it
+        again once it is stale (PENDING_TIMEOUT_S).
+        """
         with self.conn.transaction():
-            reopened = self.conn.execute(
-                """
-                UPDATE questions SET status = 'pending', error_kind = NULL, error_message = NULL,
-                    completed_at = NULL, updated_at = now()
-                WHERE question_id = %s AND runs = %s AND status = 'failed' AND error_kind = %s
-                RETURNING runs
-                """,
+            before = self.conn.execute(
+                "SELECT error_message, completed_at FROM questions "
+                "WHERE question_id = %s AND runs = %s AND status = 'failed' AND error_kind = %s FOR UPDATE",
                 (message.question_id, message.run, DEAD_LETTER_ERROR_KIND),
             ).fetchone()
-            if reopened is None:
-                return False
+            if before is not None:
+                self.conn.execute(
+                    "UPDATE questions SET status = 'pending', error_kind = NULL, error_message = NULL, "
+                    "completed_at = NULL, updated_at = now() WHERE question_id = %s",
+                    (message.question_id,),
+                )
+        if before is None:
+            return False
+        try:
             publish()
+        except BaseException:
+            self.conn.execute(
+                """
+                UPDATE questions SET status = 'failed', error_kind = %s, error_message = %s,
+                    completed_at = %s, updated_at = now()
+                WHERE question_id = %s AND runs = %s AND status = 'pending'
+                """,
+                (DEAD_LETTER_ERROR_KIND, before[0], before[1], message.question_id, message.run),
+            )
+            raise
         return True
 
 

@@ -7,10 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pytest
 
 from common import topics
+from common.kafka import DeliveryError
 from common.ledger import CallLedger, QuestionState, SkipReason, skip_reason
 from common.messages import PipelineMessage
+from common.operations import DEAD_LETTER_ERROR_KIND, QuestionRow, QuestionStore
 from common.topics import Status
 from tests.fakes import question
 
@@ -65,3 +68,47 @@ def test_finished_and_superseded_runs_are_skipped(stack):
 def test_an_unknown_question_is_not_skipped(stack):
     with ledger_for_new_question(stack.database_url) as (ledger, message):
         assert ledger.state(message) == QuestionState(status=None, runs=None, answered=False)
+
+
+def fail_by_dead_letter(database_url: str, question_id: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "UPDATE questions SET status = 'failed', error_kind = %s, error_message = 'lost by hand', "
+            "completed_at = now() WHERE question_id = %s",
+            (DEAD_LETTER_ERROR_KIND, question_id),
+        )
+
+
+def test_a_replayed_question_is_pending_for_the_ledger_when_its_message_is_published(stack):
+    """The replay's message can reach llm_consumer within milliseconds of the broker's ack: the
+    ledger must already see the question reopened, or it skips the call as over (seen in CI)."""
+    with ledger_for_new_question(stack.database_url, Status.PENDING, runs=1) as (ledger, message):
+        fail_by_dead_letter(stack.database_url, message.question_id)
+        store = QuestionStore(stack.database_url)
+        seen_during_publish: list[SkipReason | None] = []
+        try:
+            reopened = store.reopen_and(
+                message, lambda: seen_during_publish.append(skip_reason(message, ledger.state(message)))
+            )
+            assert reopened and seen_during_publish == [None]
+            assert store.row(message.question_id) == QuestionRow(Status.PENDING, 1, None)
+        finally:
+            store.close()
+
+
+def test_a_replay_whose_publish_fails_leaves_the_question_failed_as_it_was(stack):
+    with ledger_for_new_question(stack.database_url, Status.PENDING, runs=1) as (ledger, message):
+        fail_by_dead_letter(stack.database_url, message.question_id)
+        store = QuestionStore(stack.database_url)
+
+        def publish_refused() -> None:
+            raise DeliveryError("broker away")
+
+        try:
+            with pytest.raises(DeliveryError):
+                store.reopen_and(message, publish_refused)
+            assert store.row(message.question_id) == QuestionRow(Status.FAILED, 1, DEAD_LETTER_ERROR_KIND)
+            assert skip_reason(message, ledger.state(message)) is SkipReason.TERMINAL
+            assert store.reopen_and(message, lambda: None)  # and it can still be replayed
+        finally:
+            store.close()

@@ -110,7 +110,7 @@ class FakeStore:
         return self._row
 
     def reopen_and(self, message: PipelineMessage, publish) -> bool:
-        publish()  # as in the transaction: the question is reopened only if this succeeds
+        publish()  # as the real store: a publish that raises leaves the question failed
         self.reopened += 1
         self._row = QuestionRow(Status.PENDING, message.run, None)
         return True
