@@ -20,6 +20,15 @@ def list_jobs(rest_url: str, timeout_s: float = 5.0) -> list[dict]:
         return json.load(resp)["jobs"]
 
 
+def job_state(rest_url: str, job_id: str, timeout_s: float = 5.0) -> str | None:
+    """One job's state by its id; None when the JobManager does not answer."""
+    try:
+        with urllib.request.urlopen(f"{rest_url.rstrip('/')}/jobs/{job_id}", timeout=timeout_s) as resp:
+            return json.load(resp).get("state")
+    except (OSError, ValueError):
+        return None
+
+
 def score_job_active(jobs: list[dict]) -> bool:
     return any(j["name"] == SCORE_JOB_NAME and j["state"] in ACTIVE_STATES for j in jobs)
 

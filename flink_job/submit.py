@@ -11,7 +11,6 @@ own code (common/ and flink_job/) travels as one zip that Flink puts on the work
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from common.flink_rest import SCORE_JOB_NAME as JOB_NAME
-from common.flink_rest import list_jobs, score_job_active
+from common.flink_rest import job_state, list_jobs, score_job_active
 from flink_job.config import WatchdogSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,14 +73,6 @@ def flink_run_command(flink_bin: str, rest_url: str, deps: Path, restore_from: s
         # --allowNonRestoredState: a newer job version may have dropped an operator's state.
         options += ["--fromSavepoint", restore_from, "--allowNonRestoredState"]
     return [flink_bin, "run", *options, "-d", "-py", str(ROOT / "flink_job" / "job.py"), "-pyfs", str(deps)]
-
-
-def job_state(rest_url: str, job_id: str) -> str | None:
-    try:
-        with urllib.request.urlopen(f"{rest_url}/jobs/{job_id}", timeout=5) as resp:
-            return json.load(resp).get("state")
-    except (OSError, ValueError):
-        return None
 
 
 def submit(
