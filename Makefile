@@ -4,7 +4,7 @@ STATE ?= $(or $(YAHOO_LLM_STATE_DIR),$(CURDIR)/.state)
 export YAHOO_LLM_STATE_DIR := $(STATE)
 PY := $(STATE)/venv/bin/python
 
-.PHONY: install up down status logs lint lint-docker test test-unit bench chaos
+.PHONY: install up down status logs lint lint-docker test test-unit bench chaos prometheus-config
 
 install:
 	@bash scripts/install.sh
@@ -51,3 +51,8 @@ bench: install
 # bench-results/chaos-latest.md. CHAOS_FAULTS=name,... and CHAOS_QUESTIONS=n narrow or widen it.
 chaos: install
 	@CHAOS_SCENARIO=$(or $(CHAOS_SCENARIO),full) $(PY) -m pytest -q tests/chaos
+
+# Regenerates observability/prometheus.yml (compose's Prometheus) from the stack's scrape targets
+# (scripts/platform/observability.py); tests/static checks the committed file is current.
+prometheus-config: install
+	@$(PY) -m scripts.platform.observability

@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common import topics
+from common import metrics, topics
 from common.messages import DeadLetter, PipelineMessage
 from common.settings import ServiceSettings
 
@@ -49,6 +50,13 @@ DeadLetterHandler = Callable[[DeadLetter, str], Sequence[Output]]
 DeliveredHook = Callable[[PipelineMessage, Sequence[Output]], None]
 
 Where = tuple[str, int, int]  # topic, partition, offset of a consumed message
+
+
+class DeadLetterReason(StrEnum):
+    """Why a consumer dead-lettered a message, as a bounded metric label (the full reason is in the letter)."""
+
+    DECODE = "decode"  # the bytes are not a valid message
+    HANDLER = "handler"  # the handler kept failing on it
 
 
 class DeliveryError(RuntimeError):
@@ -317,6 +325,7 @@ class ConsumerRunner:
             raise ValueError(f"{stage} consumes {topics.DEAD_LETTER} but has no dead_letter_handler")
         self.group_id, self.stage, self.source_topics = group_id, stage, source_topics
         self.handler, self.dead_letter_handler, self.on_delivered = handler, dead_letter_handler, on_delivered
+        metrics.start_consumer_series(stage, source_topics, [reason.value for reason in DeadLetterReason])
         self.stop, self.clock = stop, clock
         config = consumer_config(bootstrap_servers, group_id, client_id)
         self._new_consumer = consumer_factory or (lambda: Consumer(config))
@@ -374,6 +383,7 @@ class ConsumerRunner:
     def poll_once(self, timeout_s: float = 0.5) -> None:
         """One turn of the loop: housekeeping, then at most one message. Never raises for a message."""
         self.heartbeat.beat()
+        metrics.mark_poll(self.stage)
         try:
             self._check_membership()
             self._resume_assigned()
@@ -384,6 +394,7 @@ class ConsumerRunner:
             log.warning(
                 "consumer call failed; retrying", extra={"group": self.group_id, "error": str(exc)}, exc_info=exc
             )
+            metrics.CONSUMER_OUTAGES.labels(self.stage).inc()
             self.stop.wait(1.0)
             return
         if msg is None:
@@ -419,7 +430,7 @@ class ConsumerRunner:
         try:
             message = PipelineMessage.from_bytes(msg.value())
         except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they become a dead letter
-            return self._dead_letter(msg, f"unparseable: {exc}")
+            return self._dead_letter(msg, DeadLetterReason.DECODE, f"unparseable: {exc}")
         context = {"question_id": message.question_id, "run": message.run, "attempt": message.attempt}
         try:
             outputs = checked_outputs(self.handler(message, topic))
@@ -427,7 +438,8 @@ class ConsumerRunner:
             if not self._after_failure(msg, exc, context):
                 return None
             log.error("handler failed repeatedly; dead-lettering", extra={**context, **self._where_extra(msg)})
-            return self._dead_letter(msg, f"handler failed {MAX_HANDLER_FAILURES} times: {exc}", message)
+            reason = f"handler failed {MAX_HANDLER_FAILURES} times: {exc}"
+            return self._dead_letter(msg, DeadLetterReason.HANDLER, reason, message)
         return _Outcome(outputs, message)
 
     def _outcome_of_dead_letter(self, msg: Message) -> _Outcome | None:
@@ -463,6 +475,7 @@ class ConsumerRunner:
             return False
         failures = self.handler_failures.get(where, 0) + 1
         self.handler_failures[where] = failures
+        metrics.CONSUMER_HANDLER_FAILURES.labels(self.stage).inc()
         if gives_up(failures):
             return True
         log.warning(
@@ -473,7 +486,9 @@ class ConsumerRunner:
         self.paused.hold(self.consumer, msg, self.clock() + handler_backoff_s(failures))
         return False
 
-    def _dead_letter(self, msg: Message, reason: str, message: PipelineMessage | None = None) -> _Outcome:
+    def _dead_letter(
+        self, msg: Message, category: DeadLetterReason, reason: str, message: PipelineMessage | None = None
+    ) -> _Outcome:
         where = position(msg)
         letter = DeadLetter.wrap(
             msg.value(),
@@ -489,6 +504,7 @@ class ConsumerRunner:
             "sending to dead-letter",
             extra={"question_id": letter.question_id, **self._where_extra(msg), "reason": letter.reason[:500]},
         )
+        metrics.DEAD_LETTERS.labels(self.stage, category.value).inc()
         return _Outcome([(topics.DEAD_LETTER, letter)])
 
     # -- producing and committing -----------------------------------------------------------------
@@ -507,6 +523,7 @@ class ConsumerRunner:
         self.unacknowledged.pop(where, None)
         self.outages.pop(where, None)
         self.handler_failures.pop(where, None)
+        metrics.CONSUMER_MESSAGES.labels(self.stage, where[0]).inc()
         if outcome.message is not None and self.on_delivered is not None:
             try:
                 self.on_delivered(outcome.message, outcome.outputs)
@@ -521,6 +538,7 @@ class ConsumerRunner:
         where = position(msg)
         outages = self.outages.get(where, 0) + 1
         self.outages[where] = outages
+        metrics.CONSUMER_OUTAGES.labels(self.stage).inc()
         delay = transient_backoff_s(outages)
         log.warning(
             "dependency unavailable; will retry",
@@ -560,6 +578,7 @@ class ConsumerRunner:
             where = position(msg)
             surprises = self.outages.get(where, 0) + 1
             self.outages[where] = surprises
+            metrics.CONSUMER_OUTAGES.labels(self.stage).inc()  # retried like an outage, so counted as one
             self.paused.hold(self.consumer, msg, self.clock() + transient_backoff_s(surprises))
         except Exception:  # even that failed; the loop goes on (the offset stays uncommitted)
             log.exception("could not hold the message back")
@@ -593,6 +612,7 @@ class ConsumerRunner:
             self._rebuild_consumer()
 
     def _rebuild_consumer(self) -> None:
+        metrics.CONSUMER_REBUILDS.labels(self.stage).inc()
         old, self.consumer = self.consumer, self._new_consumer()
         # It holds no partitions: what the old client paused or could not commit is not ours any more.
         self.paused, self.uncommitted, self._assigned = PausedPartitions(), {}, []

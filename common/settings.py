@@ -61,18 +61,20 @@ class StackSettings(EnvSettings):
     flink_rest_port: int = 8081
     flink_rest_url: str = Field(default="", validate_default=True)
     kafka_ui_port: int = 8080
+    # Observability (README, "Observability"): Prometheus natively and in compose, and the dashboard.
+    prometheus_port: int = 9090
+    prometheus_url: str = Field(default="", validate_default=True)
+    dashboard_port: int = 8090
     # The native Redis's cache size and eviction policy (compose: redis/redis.conf).
     redis_maxmemory: str = "128mb"
     redis_maxmemory_policy: str = "allkeys-lru"
     # Native state (venv, data, logs); in an image, .state under its working folder.
     yahoo_llm_state_dir: str = str(PROJECT_ROOT / ".state")
 
-    @field_validator("storage_url", "score_validator_url", "flink_rest_url")
+    @field_validator("storage_url", "score_validator_url", "flink_rest_url", "prometheus_url")
     @classmethod
     def _default_to_local_port(cls, url: str, info: ValidationInfo) -> str:
-        port_field = {"storage_url": "storage_port", "score_validator_url": "score_validator_port"}.get(
-            str(info.field_name), "flink_rest_port"
-        )
+        port_field = str(info.field_name).removesuffix("_url") + "_port"  # storage_url -> storage_port
         return url or _local_url(info.data.get(port_field))
 
     @property
@@ -91,6 +93,8 @@ class ServiceSettings(StackSettings):
     log_level: str = "INFO"
     # Workers touch this file at every poll: a container healthcheck reads its age (liveness).
     liveness_file: str | None = None
+    # A worker without an HTTP server of its own serves Prometheus text at BIND_HOST:METRICS_PORT/metrics.
+    metrics_port: int | None = None
 
 
 class PipelineSettings(ServiceSettings):

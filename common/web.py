@@ -1,20 +1,25 @@
 """What the HTTP services share: JSON errors (never a stack trace), body validation, the OpenAPI
-description, gunicorn on a loopback address by default."""
+description, Prometheus metrics (GET /metrics/prometheus, every request counted and timed by its
+route rule), gunicorn on a loopback address by default."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException
 
+from common.metrics import UNMATCHED_ROUTE, observe_http_request
 from common.settings import StackSettings
 
 log = logging.getLogger(__name__)
@@ -139,12 +144,46 @@ def refuse_unsafe_url() -> None:
             raise ApiError(400, "invalid_url", f"the URL contains {reason}")
 
 
-def configure_json_api(app: Flask, *, openapi: str | None = None) -> None:
-    """ISO dates in JSON, every error as JSON: {"error": ..., "message": ...}, and, with `openapi`
-    (a file name under docs/openapi/), the service's OpenAPI description at GET /openapi.json."""
+def route_label() -> str:
+    """The request's route rule ("/status/<question_id>"), never the raw path: a bounded label."""
+    return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+
+
+def expose_metrics(app: Flask, service: str, collectors: Sequence[Collector] = ()) -> None:
+    """Count and time every request by route rule, and serve GET /metrics/prometheus: the process's
+    metrics (common.metrics) plus `collectors`, values this app reads when it is scraped."""
+    scraped = CollectorRegistry(auto_describe=False)  # the app's own: a second app never clashes
+    for collector in collectors:
+        scraped.register(collector)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    def _count_request(response: Response) -> Response:
+        started = g.get("metrics_started")
+        if started is not None:
+            seconds = time.perf_counter() - started
+            observe_http_request(service, route_label(), request.method, response.status_code, seconds)
+        return response
+
+    def prometheus_text() -> Response:
+        return Response(generate_latest(REGISTRY) + generate_latest(scraped), content_type=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule("/metrics/prometheus", "metrics_prometheus", prometheus_text, methods=["GET"])
+
+
+def configure_json_api(
+    app: Flask, *, openapi: str | None = None, service: str | None = None, metrics: Sequence[Collector] = ()
+) -> None:
+    """ISO dates in JSON, every error as JSON: {"error": ..., "message": ...}, Prometheus metrics
+    (`expose_metrics`; `service` defaults to the app's name, storage_service -> storage-service) and,
+    with `openapi` (a file name under docs/openapi/), the service's OpenAPI description at GET /openapi.json."""
     app.json = IsoJSONProvider(app)
     # "/status//x" is a 404 in JSON, not an HTML redirect to "/status/x". (Routes added after this.)
     app.url_map.merge_slashes = False
+    expose_metrics(app, service or app.name.replace("_", "-"), metrics)  # first: a refused URL is timed too
     app.before_request(refuse_unsafe_url)
 
     @app.errorhandler(ApiError)

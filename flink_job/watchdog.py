@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from common import metrics
 from common.flink_rest import ACTIVE_STATES, MISSING, list_jobs, score_job_state
 from flink_job.config import WatchdogSettings
 from flink_job.submit import SubmissionError, default_flink_bin, submit
 
 log = logging.getLogger("flink_job.watchdog")
+SERVICE = "flink-job-watchdog"
 
 PRUNE_EVERY_S = 60.0
 
@@ -136,6 +138,7 @@ class Watchdog:
             return False, f"unreachable: {exc}"
 
     def tick(self) -> None:
+        metrics.mark_poll(SERVICE)
         answers, state = self.observe()
         if state != self.last_state:
             log.info("job state: %s", state, extra={"job_state": state})
@@ -168,6 +171,7 @@ class Watchdog:
                 restore_from=str(restore.path) if restore else None,
             )
         except SubmissionError as exc:
+            metrics.FLINK_JOB_RESUBMISSIONS.labels("failed").inc()
             self.failed_submissions += 1
             if restore and exc.job_failed:
                 self.rejected.add(restore.path)  # next time: an older checkpoint, or the offsets
@@ -175,8 +179,10 @@ class Watchdog:
             time.sleep(min(5.0 * self.failed_submissions, 30.0))
             return
         except (OSError, urllib.error.URLError) as exc:  # the JobManager went away meanwhile
+            metrics.FLINK_JOB_RESUBMISSIONS.labels("interrupted").inc()
             log.warning("submission interrupted: %s", exc)
             return
+        metrics.FLINK_JOB_RESUBMISSIONS.labels("submitted").inc()
         log.warning(
             "job resubmitted",
             extra={"job_id": job_id, "restore_from": source, "took_s": round(time.monotonic() - started, 1)},
@@ -215,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = WatchdogSettings()
     if args.check:
         raise SystemExit(check(settings))
-    configure_logging("flink-job-watchdog", settings.log_level)
+    configure_logging(SERVICE, settings.log_level)
+    metrics.serve_worker_metrics(settings)
     Watchdog(settings, settings.flink_bin or default_flink_bin(), args.log_file).run_forever()
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from confluent_kafka import KafkaException
 from flask import Flask, jsonify, render_template_string, request
 
+from common.metrics import kafka_lag_collector
 from common.web import ApiError, configure_json_api
 from kafka_ui.browser import KafkaBrowser
 
@@ -49,9 +50,18 @@ def when(timestamp_ms: int) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def lag_metrics(browser: KafkaBrowser):
+    """yahoo_kafka_consumer_lag and yahoo_kafka_consumer_group_members, read from the broker when
+    Prometheus scrapes (each broker call bounded by the browser's timeout)."""
+    return kafka_lag_collector(
+        lambda: [(p.group, p.topic, p.partition, p.lag) for p in browser.partition_lags(browser.topics())],
+        lambda: browser.group_members().items(),
+    )
+
+
 def create_app(browser: KafkaBrowser, max_limit: int = 200) -> Flask:
     app = Flask("kafka_ui")
-    configure_json_api(app)
+    configure_json_api(app, metrics=[lag_metrics(browser)])
 
     def limit() -> int:
         try:

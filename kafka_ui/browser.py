@@ -34,6 +34,29 @@ class GroupLag:
 
 
 @dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+def lags_by_topic(partition_lags: list[PartitionLag], summaries: list[TopicSummary]) -> list[GroupLag]:
+    """Per group and topic it committed on: its committed offsets summed, against the end offsets of
+    all the topic's partitions (a partition it never committed on is all lag)."""
+    ends = {s.name: sum(s.end_offsets.values()) for s in summaries}
+    committed: dict[tuple[str, str], int] = {}
+    for p in partition_lags:
+        committed[(p.group, p.topic)] = committed.get((p.group, p.topic), 0) + p.committed
+    return [GroupLag(group, topic, offset, ends[topic]) for (group, topic), offset in sorted(committed.items())]
+
+
+@dataclass(frozen=True)
 class Record:
     partition: int
     offset: int
@@ -83,24 +106,33 @@ class KafkaBrowser:
             consumer.close()
 
     def lags(self, summaries: list[TopicSummary]) -> list[GroupLag]:
+        return lags_by_topic(self.partition_lags(summaries), summaries)
+
+    def groups(self) -> list[str]:
+        """The consumer groups the broker knows, without this browser's own throwaway ones."""
+        listed = self.admin.list_consumer_groups(request_timeout=self.timeout_s).result().valid
+        return sorted(g.group_id for g in listed if not g.group_id.startswith("kafka-ui-"))
+
+    def partition_lags(self, summaries: list[TopicSummary]) -> list[PartitionLag]:
+        """Each group's committed offset against the end offset, per partition it committed on."""
         ends = {s.name: s.end_offsets for s in summaries}
-        groups = [
-            g.group_id
-            for g in self.admin.list_consumer_groups(request_timeout=self.timeout_s).result().valid
-            if not g.group_id.startswith("kafka-ui-")
-        ]
         lags = []
-        for group in sorted(groups):
+        for group in self.groups():
             future = self.admin.list_consumer_group_offsets(
                 [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout_s
             )[group]
-            committed: dict[str, int] = {}
             for tp in future.result().topic_partitions or []:
-                if tp.offset != OFFSET_INVALID and tp.topic in ends:
-                    committed[tp.topic] = committed.get(tp.topic, 0) + tp.offset
-            for topic, offset in sorted(committed.items()):
-                lags.append(GroupLag(group, topic, offset, sum(ends[topic].values())))
-        return lags
+                if tp.offset != OFFSET_INVALID and tp.partition in ends.get(tp.topic, {}):
+                    lags.append(PartitionLag(group, tp.topic, tp.partition, tp.offset, ends[tp.topic][tp.partition]))
+        return sorted(lags, key=lambda p: (p.group, p.topic, p.partition))
+
+    def group_members(self) -> dict[str, int]:
+        """How many members each consumer group has now (0: nobody consumes for it)."""
+        groups = self.groups()
+        if not groups:
+            return {}
+        futures = self.admin.describe_consumer_groups(groups, request_timeout=self.timeout_s)
+        return {group: len(future.result(timeout=self.timeout_s).members) for group, future in futures.items()}
 
     def latest(self, topic: str, limit: int) -> list[Record]:
         """The newest `limit` messages of each partition, newest first overall (at most `limit`)."""

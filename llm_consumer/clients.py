@@ -24,6 +24,14 @@ class Generation:
     text: str
     model: str
     latency_ms: float
+    # As the server reports them (Ollama: prompt_eval_count/eval_count; OpenAI: usage); None if not.
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def token_count(value: object) -> int | None:
+    """A token count a server reported, or None for anything that is not a non-negative whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class LLMFailure(Exception):
@@ -74,7 +82,13 @@ class OllamaClient(_JsonHttpClient):
     def generate(self, body: dict) -> Generation:
         data, latency_ms = self._post(body)
         text = data.get("response") if isinstance(data, dict) else None
-        return Generation(self._answer(text), data.get("model", self.model), latency_ms)
+        return Generation(
+            self._answer(text),
+            data.get("model", self.model),
+            latency_ms,
+            prompt_tokens=token_count(data.get("prompt_eval_count")),
+            completion_tokens=token_count(data.get("eval_count")),
+        )
 
 
 class OpenAIClient(_JsonHttpClient):
@@ -107,4 +121,12 @@ class OpenAIClient(_JsonHttpClient):
             text = data["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError) as exc:
             raise LLMFailure(f"malformed reply: {str(data)[:300]}", status=200) from exc
-        return Generation(self._answer(text), data.get("model", self.model), latency_ms)
+        usage = data.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        return Generation(
+            self._answer(text),
+            data.get("model", self.model),
+            latency_ms,
+            prompt_tokens=token_count(usage.get("prompt_tokens")),
+            completion_tokens=token_count(usage.get("completion_tokens")),
+        )

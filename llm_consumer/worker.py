@@ -3,11 +3,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Sequence
 
-from common import topics
+from common import metrics, topics
 from common.kafka import ConsumerRunner, Output
-from common.ledger import CallLedger, QuestionState, skip_reason
+from common.ledger import CallLedger, QuestionState, SkipReason, skip_reason
 from common.messages import LLMError, PipelineMessage
 from common.policy import FAILURE_TOPICS, classify_llm_failure
 from llm_consumer.clients import LLMFailure, OllamaClient, OpenAIClient, build_prompt
@@ -16,6 +17,7 @@ from llm_consumer.config import LLMConsumerSettings
 log = logging.getLogger(__name__)
 
 STAGE = "llm-consumer"
+SUCCESS = "success"  # the `kind` label of an answered call (failures carry their FailureKind)
 
 # What the handler asks before a call: the question's state, or None when that cannot be known.
 StateLookup = Callable[[PipelineMessage], QuestionState | None]
@@ -38,19 +40,25 @@ def llm_handler(client: OllamaClient | OpenAIClient, state_of: StateLookup = lam
         reason = skip_reason(message, state_of(message))
         if reason is not None:
             log.info("skipped before the LLM call", extra={**context, "reason": reason.value})
+            metrics.LLM_CALLS_SKIPPED.labels(reason.value).inc()
             return []
         body = client.request_body(build_prompt(message.question_text))
         request = (topics.LLM_REQUESTS, message.evolve(llm_request={"url": client.url, "body": body}))
+        started = time.monotonic()
         try:
             generation = client.generate(body)
         except LLMFailure as exc:
             kind = classify_llm_failure(exc.status, timed_out=exc.timed_out, unreachable=exc.unreachable)
+            metrics.observe_llm_call(kind.value, time.monotonic() - started)
             log.warning(
                 "LLM call failed", extra={**context, "kind": kind.value, "status": exc.status, "error": str(exc)}
             )
             error = LLMError(status=exc.status, kind=kind.value, message=str(exc)[:500])
             return [request, (FAILURE_TOPICS[kind], message.evolve(error=error))]
         log.info("LLM answered", extra={**context, "latency_ms": round(generation.latency_ms)})
+        metrics.observe_llm_call(
+            SUCCESS, generation.latency_ms / 1000, generation.prompt_tokens, generation.completion_tokens
+        )
         answered = message.evolve(
             llm_answer=generation.text, model=generation.model, llm_latency_ms=generation.latency_ms, error=None
         )
@@ -94,6 +102,8 @@ def make_client(settings: LLMConsumerSettings) -> OllamaClient | OpenAIClient:
 
 
 def run(settings: LLMConsumerSettings) -> None:
+    metrics.start_llm_consumer_series(reason.value for reason in SkipReason)
+    metrics.serve_worker_metrics(settings)
     client = make_client(settings)
     client_id = settings.llm_consumer_id or f"llm-consumer-{socket.gethostname()}-{os.getpid()}"
     ledger = CallLedger(settings.database_url, consumer=client_id)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from common import topics
+from common import metrics, topics
 from common.kafka import ConsumerRunner, Output, RetryLater
 from common.messages import PipelineMessage
 from common.policy import RetryPolicy
@@ -45,18 +45,23 @@ def retry_handler(policy: RetryPolicy, clock: Callable[[], float] = time.time):
         if clock() < due:
             raise RetryLater(due)
         log.info("re-publishing after delay", extra={**context, "delay_s": policy.delay_s(spent)})
-        return [(topics.QUESTIONS_PENDING, policy.retried(message, due))]
+        retried = policy.retried(message, due)
+        metrics.observe_retry(policy.kind.value, retried.retry_count)
+        return [(topics.QUESTIONS_PENDING, retried)]
 
     return handle
 
 
 def run(strategy: str, settings: PipelineSettings) -> None:
     source, group, policy_of = STRATEGIES[strategy]
+    policy = policy_of(settings)
+    metrics.start_retry_series(policy.kind.value, policy.max_retries)
+    metrics.serve_worker_metrics(settings)
     ConsumerRunner.for_service(
         settings,
         group_id=group,
         client_id=stage_of(strategy),
         stage=stage_of(strategy),
         source_topics=[source],
-        handler=retry_handler(policy_of(settings)),
+        handler=retry_handler(policy),
     ).run()

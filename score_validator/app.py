@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from common import metrics
+from common.messages import Score
 from common.web import ApiError, configure_json_api, json_body, required_text
 from score_validator.config import ScoreValidatorSettings
 from score_validator.scorer import Pair, Scorer
 
 
+@contextmanager
+def counted_score_request() -> Iterator[None]:
+    """yahoo_score_requests_total by outcome: ok, rejected (the request's fault, 4xx) or error."""
+    try:
+        yield
+    except (ApiError, HTTPException):
+        metrics.SCORE_REQUESTS.labels("rejected").inc()
+        raise
+    except Exception:
+        metrics.SCORE_REQUESTS.labels("error").inc()
+        raise
+    metrics.SCORE_REQUESTS.labels("ok").inc()
+
+
+def timed_scores(scorer: Scorer, pairs: list[Pair]) -> list[Score]:
+    with metrics.SCORE_SECONDS.time():
+        return scorer.score(pairs)
+
+
 def create_app(settings: ScoreValidatorSettings, scorer: Scorer) -> Flask:
+    metrics.start_at_zero(metrics.SCORE_REQUESTS, [("ok",), ("rejected",), ("error",)])
     app = Flask("score_validator")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     configure_json_api(app, openapi="score_validator")
@@ -28,18 +54,20 @@ def create_app(settings: ScoreValidatorSettings, scorer: Scorer) -> Flask:
 
     @app.post("/score")
     def score_one():
-        pair = parse_pair(json_body(request, settings.max_body_bytes))
-        [result] = scorer.score([pair])
+        with counted_score_request():
+            pair = parse_pair(json_body(request, settings.max_body_bytes))
+            [result] = timed_scores(scorer, [pair])
         return jsonify(result.model_dump())
 
     @app.post("/score/batch")
     def score_batch():
-        items = json_body(request, settings.max_body_bytes).get("pairs")
-        if not isinstance(items, list):
-            raise ApiError(400, "invalid_field", "'pairs' must be a list")
-        if len(items) > settings.max_batch_pairs:
-            raise ApiError(413, "too_many_pairs", f"at most {settings.max_batch_pairs} pairs per request")
-        results = scorer.score([parse_pair(item) for item in items])
+        with counted_score_request():
+            items = json_body(request, settings.max_body_bytes).get("pairs")
+            if not isinstance(items, list):
+                raise ApiError(400, "invalid_field", "'pairs' must be a list")
+            if len(items) > settings.max_batch_pairs:
+                raise ApiError(413, "too_many_pairs", f"at most {settings.max_batch_pairs} pairs per request")
+            results = timed_scores(scorer, [parse_pair(item) for item in items])
         return jsonify(scores=[r.model_dump() for r in results])
 
     return app

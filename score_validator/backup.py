@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from common import topics
+from common import metrics, topics
 from common.flink_rest import ScoreJobWatch
 from common.kafka import ConsumerRunner, Output
 from common.messages import PipelineMessage
@@ -43,6 +43,7 @@ def run_backup_consumer(settings: ScoreValidatorSettings) -> None:
     if not settings.score_validator_backup_consumer:
         log.info("backup consumer disabled (SCORE_VALIDATOR_BACKUP_CONSUMER is not true); exiting")
         return
+    metrics.serve_worker_metrics(settings)
     # An unreachable Flink counts as "not active": the backup takes over.
     watch = ScoreJobWatch(settings.flink_rest_url, timeout_s=3, ttl_s=5)
     handler = backup_handler(Scorer(settings), watch, settings.quality_threshold, settings.max_attempts)

@@ -6,6 +6,7 @@ Standard library only (the CI runner's own python3 runs it, from the repository 
     docker compose exec -T kafka /opt/kafka/bin/kafka-topics.sh ... --list | python3 scripts/compose_check.py topics
     python3 scripts/compose_check.py flink-job --deadline 300
     python3 scripts/compose_check.py seed-question --deadline 600
+    python3 scripts/compose_check.py prometheus-targets --deadline 180   (profile `observability`)
 
 Each prints what it saw and exits non-zero when the fleet is not as it should be.
 """
@@ -128,6 +129,32 @@ def send_seed_question(
     return final
 
 
+def targets_down(active_targets: list[dict[str, Any]]) -> list[str]:
+    """The scrape targets Prometheus does not see up, as `job/instance (error)`."""
+    return [
+        f"{t['labels'].get('job')}/{t['labels'].get('instance')} ({t.get('lastError') or t.get('health')})"
+        for t in active_targets
+        if t.get("health") != "up"
+    ]
+
+
+def check_prometheus_targets(prometheus_url: str, deadline_s: float, interval_s: float = 5) -> None:
+    """Every target of observability/prometheus.yml is scraped successfully (up == 1)."""
+
+    def all_up() -> int | None:
+        try:
+            code, body = http_json("GET", f"{prometheus_url}/api/v1/targets?state=active")
+        except OSError as err:
+            print(f"prometheus: {err}")
+            return None
+        targets = body["data"]["activeTargets"] if code == 200 else []
+        down = targets_down(targets)
+        print(f"prometheus: {len(targets) - len(down)}/{len(targets)} targets up" + (f"; down: {down}" if down else ""))
+        return len(targets) if targets and not down else None
+
+    poll(all_up, deadline_s, interval_s, "every Prometheus target to be up")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     seed.add_argument("--storage-url", default="http://localhost:5001")
     seed.add_argument("--deadline", type=float, default=600)
     seed.add_argument("--require-scored", action="store_true", help="fail unless validated or low_quality")
+    prometheus = commands.add_parser("prometheus-targets", help="poll Prometheus until every scrape target is up")
+    prometheus.add_argument("--prometheus-url", default="http://localhost:9090")
+    prometheus.add_argument("--deadline", type=float, default=180)
     args = parser.parse_args(argv)
 
     if args.command == "wait-set":
@@ -151,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"all {len(ALL_TOPICS)} topics exist")
     elif args.command == "flink-job":
         check_flink_job(args.flink_url, args.deadline)
+    elif args.command == "prometheus-targets":
+        check_prometheus_targets(args.prometheus_url, args.deadline)
     else:
         send_seed_question(args.storage_url, args.deadline, args.require_scored)
     return 0

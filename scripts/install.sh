@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the native stack and the tests need, from the registries only:
-# Debian packages (PostgreSQL, Redis), a Python venv (constraints.txt), Kafka jars and the Flink
-# Kafka connector (Maven Central), and the job's small Java serializer (compiled with javac).
+# Debian packages (PostgreSQL, Redis, Prometheus, Chromium for the dashboard's browser tests), a
+# Python venv (constraints.txt), Kafka jars, the Flink Kafka connector and Flink's Prometheus reporter
+# (Maven Central), and the job's small Java serializer (compiled with javac).
 # Idempotent: each step is skipped when its inputs did not change. Downloads are cached in
 # $YAHOO_LLM_CACHE_DIR (default ~/.cache/yahoo-llm) so a fresh clone reinstalls from disk.
 set -euo pipefail
@@ -34,10 +35,27 @@ install_system_packages() {
   command -v npm >/dev/null || missing+=(npm)
   # actionlint runs shellcheck over the workflows' run: blocks when it is on PATH.
   command -v shellcheck >/dev/null || missing+=(shellcheck)
-  [ ${#missing[@]} -eq 0 ] && return
-  say "installing Debian packages: ${missing[*]}"
+  # Without their recommendations: Prometheus's would add node-exporter (a system service on :9100).
+  local lean=()
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || lean+=(prometheus)
+  command -v chromium >/dev/null || lean+=(chromium)  # the dashboard's tests drive it headless
+  [ ${#missing[@]} -eq 0 ] && [ ${#lean[@]} -eq 0 ] && return
+  say "installing Debian packages: ${missing[*]} ${lean[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  [ ${#missing[@]} -eq 0 ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  [ ${#lean[@]} -eq 0 ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
+  [[ " ${lean[*]} " == *" prometheus "* ]] && keep_system_prometheus_stopped
+  return 0
+}
+
+# Debian starts the package's own Prometheus as a system service on :9090; the stack runs its own
+# under supervisord (scripts/platform/observability.py), so the one just installed is stopped.
+keep_system_prometheus_stopped() {
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
 }
 
 find_python() {
@@ -85,6 +103,18 @@ install_flink_jars() {
     rm -f "$lib"/flink-sql-connector-kafka-*.jar
     cp "$STATE/jars/$connector" "$lib/"
   fi
+  # Flink's Prometheus reporter, a plugin (its own class loader). PyFlink's wheel usually ships it;
+  # fetched from Maven Central, of the cluster's version, when it does not.
+  local reporter="flink-metrics-prometheus-$FLINK_VERSION.jar" plugin
+  plugin="$(dirname "$lib")/plugins/metrics-prometheus"
+  if [ ! -f "$plugin/$reporter" ]; then
+    say "fetching Flink's Prometheus reporter $FLINK_VERSION from Maven Central"
+    mvn -q -B dependency:copy -Dartifact="org.apache.flink:flink-metrics-prometheus:$FLINK_VERSION" \
+      -Dmaven.repo.local="$CACHE/m2" -DoutputDirectory="$STATE/jars"
+    mkdir -p "$plugin"
+    rm -f "$plugin"/flink-metrics-prometheus-*.jar
+    cp "$STATE/jars/$reporter" "$plugin/"
+  fi
   # The job's Kafka (de)serializers: compiled against the cluster's own flink-dist and connector jars.
   local src=("$ROOT"/flink_job/java/src/main/java/yahoollm/flink/*.java)
   local want; want="$(cat "${src[@]}" | sha256sum | cut -c1-16)"
@@ -107,6 +137,18 @@ install_node_tools() {
   echo "$want" > "$STATE/tools/.installed"
 }
 
+# --- the dashboard's browser assets (issue 9) ---------------------------------------------------
+# Chart.js, pinned in dashboard/package-lock.json, into dashboard/node_modules (gitignored); the
+# dashboard serves it itself (no CDN). Redone when the lock changes.
+install_dashboard_assets() {
+  local modules="$ROOT/dashboard/node_modules" want
+  want="$(sha256sum "$ROOT/dashboard/package-lock.json" | cut -c1-16)"
+  stamp_ok "$modules/.installed" "$want" && [ -f "$modules/chart.js/dist/chart.umd.min.js" ] && return
+  say "installing the dashboard's Chart.js from npm (dashboard/package-lock.json)"
+  npm ci --silent --no-audit --no-fund --prefix "$ROOT/dashboard" --cache "$CACHE/npm" >/dev/null
+  echo "$want" > "$modules/.installed"
+}
+
 # actionlint (lints .github/workflows in `make test`): a Go module built with the machine's Go; the
 # module and build caches live in $CACHE so a fresh clone rebuilds it from disk.
 install_go_tools() {
@@ -126,5 +168,6 @@ install_venv
 install_kafka_jars
 install_flink_jars
 install_node_tools
+install_dashboard_assets
 install_go_tools
 say "ready ($VENV)"

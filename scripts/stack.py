@@ -9,7 +9,8 @@ modes alike (common.settings.StackSettings reads them). State (data, logs, gener
 lives in $YAHOO_LLM_STATE_DIR/<stack name>. This file is the command line; the parts live in
 scripts/platform/: layout.py (a stack's folders and endpoints), config.py (configuration files),
 init.py (first-start initialisation), processes.py (the programs under supervisord, the stop order),
-health.py (waits), deploy.py (the Flink job).
+observability.py (Prometheus: the scrape targets and their configuration), health.py (waits),
+deploy.py (the Flink job).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from scripts.platform.health import (
     port_open,
     postgres_ready,
     redis_ready,
+    scrape_health,
     wait_for,
 )
 from scripts.platform.init import init_database, init_topics, initialise_storage
 from scripts.platform.layout import VENV, Layout, log, masked
+from scripts.platform.observability import SCRAPE_INTERVAL
 from scripts.platform.processes import (
     BACKUP_SCORER,
     EMBEDDED_LLM,
@@ -85,6 +88,7 @@ def up(layout: Layout, platform_only: bool) -> None:
     init_topics(layout)
     init_database(layout)
     wait_for("Flink cluster", lambda: flink_ready(layout), 120, layout=layout)
+    wait_for("Prometheus", lambda: http_ok(f"{layout.prometheus_url}/-/ready"), 60, layout=layout)
     if platform_only:
         print_summary(layout, platform_only=True)
         return
@@ -105,6 +109,7 @@ def up(layout: Layout, platform_only: bool) -> None:
     )
     wait_for("storage_service", lambda: http_ok(f"{layout.storage_url}/health"), 60, layout=layout)
     wait_for("Kafka browser", lambda: http_ok(f"{layout.kafka_ui_url}/health"), 60, layout=layout)
+    wait_for("dashboard", lambda: http_ok(f"{layout.dashboard_url}/health"), 60, layout=layout)
     deploy_flink_job(layout)
     print_summary(layout, platform_only=False)
 
@@ -119,12 +124,15 @@ def print_summary(layout: Layout, platform_only: bool) -> None:
         f"PostgreSQL       {masked(layout.database_url)}",
         f"Redis            {masked(layout.redis_url)}  (passwords: {layout.path('secrets')})",
         f"Flink dashboard  {layout.flink_rest_url}",
+        f"Prometheus       {layout.prometheus_url}  (scrapes every {SCRAPE_INTERVAL}: /targets; "
+        f"config {layout.path('prometheus', 'prometheus.yml')})",
     ]
     if not platform_only:
         lines += [
             f"storage_service  {layout.storage_url}  (POST /query, GET /status/<id>, /metrics, /health)",
             f"score_validator  {layout.score_validator_url}  (GET /health, POST /score, POST /score/batch)",
             f"Kafka browser    {layout.kafka_ui_url}  (topics, consumer lag, latest messages)",
+            f"dashboard        {layout.dashboard_url}  (live charts, latest outcomes, question trace)",
             f"LLM (Ollama API) {layout.ollama_url}",
         ]
     lines.append(f"logs             {layout.path('logs')}")
@@ -154,6 +162,7 @@ def status(layout: Layout) -> None:
         return
     print(supervisorctl(layout, "status", check=False).stdout, end="")
     print(f"{'flink job':<33}{flink_job_status(layout)}")
+    print(f"{'prometheus scrapes':<33}{scrape_health(layout)}")
 
 
 def main(argv: list[str] | None = None) -> None:

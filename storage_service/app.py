@@ -9,13 +9,20 @@ from typing import Any
 
 import psycopg
 from confluent_kafka.admin import AdminClient
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from psycopg_pool import PoolTimeout
 
 from common import topics
 from common.flink_rest import ScoreJobWatch
 from common.kafka import ConfirmedProducer, DeliveryError
 from common.messages import PipelineMessage, question_id_for
+from common.metrics import (
+    CACHE_REQUESTS,
+    QUESTIONS_ACCEPTED,
+    QUESTIONS_PUBLISHED,
+    flink_job_up_collector,
+    start_storage_api_series,
+)
 from common.topics import Status
 from common.web import ApiError, configure_json_api, json_body, required_text
 from storage_service.cache import AnswerCache, validated_result
@@ -76,15 +83,16 @@ def create_app(
 ) -> Flask:
     app = Flask("storage_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    configure_json_api(app, openapi="storage_service")
-    counters = Counters()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     flink = flink or ScoreJobWatch(
         settings.flink_rest_url,
         timeout_s=settings.flink_check_timeout_s,
         ttl_s=settings.flink_check_cache_s,
         read=flink_job_state,
     )
+    configure_json_api(app, openapi="storage_service", metrics=[flink_job_up_collector(lambda: flink.status().running)])
+    start_storage_api_series()
+    counters = Counters()
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
     last_flink_state = {"state": "not checked yet"}
 
     def refused_value(exc: psycopg.DataError) -> ApiError:
@@ -98,6 +106,16 @@ def create_app(
 
     @app.post("/query")
     def query():
+        try:
+            response, outcome = answer_query()
+        except ApiError:
+            QUESTIONS_ACCEPTED.labels("rejected").inc()
+            raise
+        QUESTIONS_ACCEPTED.labels(outcome).inc()
+        return response
+
+    def answer_query() -> tuple[tuple[Response, int], str]:
+        """The answer to POST /query, and its outcome for yahoo_questions_accepted_total."""
         data = json_body(request, settings.max_body_bytes)
         question_text = required_text(data, "question_text", settings.max_question_chars)
         original_answer = reference_answer(data, settings.max_answer_chars)
@@ -105,10 +123,11 @@ def create_app(
         counters.add("queries")
 
         cached = cache.get(question_id)
+        CACHE_REQUESTS.labels("miss" if cached is None else "hit").inc()
         if cached is not None:
             counters.add("cache_hits")
             log.info("answered from cache", extra={"question_id": question_id})
-            return jsonify(status="found", source="cache", question_id=question_id, result=cached), 200
+            return (jsonify(status="found", source="cache", question_id=question_id, result=cached), 200), "cached"
         counters.add("cache_misses")
 
         message = PipelineMessage.new(question_text, original_answer)
@@ -133,16 +152,18 @@ def create_app(
             result = validated_result(row)
             cache.put(question_id, result)
             log.info("answered from database", extra={"question_id": question_id})
-            return jsonify(status="found", source="database", question_id=question_id, result=result), 200
+            return (jsonify(status="found", source="database", question_id=question_id, result=result), 200), "stored"
         if claim.is_new_run:
             if claim.run > 1:  # nothing of an earlier run may be served for this one
                 cache.delete(question_id)
             counters.add("questions_published")
+            QUESTIONS_PUBLISHED.inc()
             log.info(
                 "question published",
                 extra={"question_id": question_id, "run": claim.run, "previous_status": claim.previous_status},
             )
-        return jsonify(status=Status.PENDING.value, question_id=question_id), 202
+        outcome = "published" if claim.is_new_run else "pending"
+        return (jsonify(status=Status.PENDING.value, question_id=question_id), 202), outcome
 
     @app.get("/status/<question_id>")
     def status(question_id: str):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from common import topics
+from common import metrics, topics
 from common.kafka import ConsumerRunner, DeadLetterHandler, Handler, Output, TransientError
 from common.messages import DeadLetter, PipelineMessage
 from common.topics import TERMINAL_STATUS_BY_TOPIC, Status
@@ -41,6 +42,7 @@ def outcome_handler(repo: Repository, cache: AnswerCache) -> Handler:
             result = repo.record_outcome(message, status)
             if result is OutcomeResult.APPLIED and status is Status.VALIDATED:
                 cache_stored_answer(repo, cache, message)
+        record_outcome_metrics(message, status, result)
         log.info(
             outcome_log_line(result),
             extra={
@@ -55,6 +57,14 @@ def outcome_handler(repo: Repository, cache: AnswerCache) -> Handler:
         return []
 
     return handle
+
+
+def record_outcome_metrics(message: PipelineMessage | None, status: Status, result: OutcomeResult) -> None:
+    """Every outcome by status and result; the scores, attempts and time taken of applied ones only
+    (of a dead letter: when it still holds its message)."""
+    metrics.observe_outcome(status.value, result.value)
+    if result is OutcomeResult.APPLIED and message is not None:
+        metrics.observe_applied_outcome(message, status.value, datetime.now(UTC))
 
 
 def cache_stored_answer(repo: Repository, cache: AnswerCache, message: PipelineMessage) -> None:
@@ -80,6 +90,7 @@ def dead_letter_handler(repo: Repository) -> DeadLetterHandler:
         question_id, run = dead_letter_target(letter, original)
         with database_down_is_transient():
             result = repo.record_dead_letter(letter, original)
+        record_outcome_metrics(original, Status.FAILED, result)
         log.info(
             outcome_log_line(result) if result is not OutcomeResult.APPLIED else "question failed by a dead letter",
             extra={
@@ -97,6 +108,8 @@ def dead_letter_handler(repo: Repository) -> DeadLetterHandler:
 
 
 def run(settings: StorageSettings) -> None:
+    metrics.start_outcome_series()
+    metrics.serve_worker_metrics(settings)
     repo = Repository(settings.database_url, pool_size=2)
     repo.open()
     cache = AnswerCache(settings.redis_url, settings.cache_ttl_s)

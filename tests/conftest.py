@@ -50,6 +50,7 @@ class Stack:
     database_url: str
     redis_url: str
     env: dict
+    prometheus_url: str = ""
 
 
 def wait_until(check, timeout_s: float, interval_s: float = 0.25, what: str = "condition"):
@@ -137,6 +138,7 @@ def stack_endpoints(layout: Layout, env: dict) -> Stack:
         database_url=layout.database_url,
         redis_url=layout.redis_url,
         env=env,
+        prometheus_url=layout.prometheus_url,
     )
 
 

@@ -100,6 +100,9 @@ def make_handler(fake: FakeOllama):
                         "response": action.text,
                         "done": True,
                         "done_reason": "stop",
+                        # Ollama's token counts (a word is a token here): llm_consumer's metrics read them.
+                        "prompt_eval_count": len(prompt.split()),
+                        "eval_count": len(action.text.split()),
                     },
                 )
             else:
@@ -117,6 +120,7 @@ def make_handler(fake: FakeOllama):
                                 "message": {"role": "assistant", "content": action.text},
                             }
                         ],
+                        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(action.text.split())},
                     },
                 )
 

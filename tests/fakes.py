@@ -162,7 +162,7 @@ def runner(handler=None, *, messages=(), consumer=None, producer=None, clock=Non
         bootstrap_servers="unused:9092",
         group_id="test-group",
         client_id="test",
-        stage="test-stage",
+        stage=kwargs.pop("stage", "test-stage"),
         source_topics=kwargs.pop("source_topics", [topics.QUESTIONS_PENDING]),
         handler=handler or (lambda m, t: []),
         stop=stop,

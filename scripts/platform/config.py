@@ -14,6 +14,7 @@ from scripts.platform.layout import PYTHON, ROOT, STATE, Layout, log, read_versi
 
 PLATFORM_FILES = ROOT / "scripts" / "platform"
 FLINK_LOG4J_CONSOLE = PLATFORM_FILES / "flink-log4j-console.properties"
+PROMETHEUS_REPORTER_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 
 def pyflink_home() -> Path:
@@ -165,6 +166,9 @@ def write_flink_config(layout: Layout) -> Path:
         "restart-strategy.exponential-delay.initial-backoff": "2 s",
         "restart-strategy.exponential-delay.max-backoff": "60 s",
         "restart-strategy.exponential-delay.attempts-before-reset-backoff": 1000000,
+        # Prometheus reporter (plugins/metrics-prometheus, scripts/install.sh); each JVM's port is
+        # given on its command line (processes.py), the wildcard bind made loopback by the shim.
+        "metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER_FACTORY,
     }
     for sub in ("run", "tmp", "web", "blob", "checkpoints"):
         (flink / sub).mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,16 @@ def ollama_answers(url: str) -> bool:
         return http_ok(f"{url}/api/version")
     except (urllib.error.URLError, OSError):
         return False
+
+
+def scrape_health(layout: Layout) -> str:
+    """What the stack's Prometheus says of its targets: how many are up, and the ones that are not."""
+    try:
+        targets = http_json(f"{layout.prometheus_url}/api/v1/targets?state=active")["data"]["activeTargets"]
+    except (OSError, ValueError, KeyError) as exc:
+        return f"UNKNOWN (Prometheus unreachable: {exc})"
+    down = sorted(
+        f"{t['labels'].get('service', '?')} ({t['labels']['instance']})" for t in targets if t["health"] != "up"
+    )
+    summary = f"{len(targets) - len(down)}/{len(targets)} targets up"
+    return summary + (f"; not up: {', '.join(down)}" if down else "")

@@ -181,7 +181,27 @@ class Layout:
     def ollama_url(self) -> str:
         return self.settings.ollama_url.rstrip("/")
 
+    @property
+    def prometheus_port(self) -> int:
+        return self.settings.prometheus_port
+
+    @property
+    def prometheus_url(self) -> str:
+        """The stack's own Prometheus (it runs on this machine)."""
+        return f"http://localhost:{self.prometheus_port}"
+
+    @property
+    def dashboard_port(self) -> int:
+        return self.settings.dashboard_port
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://localhost:{self.dashboard_port}"
+
     def ports(self) -> dict[str, int]:
+        """Every port a running stack listens on, by what listens there."""
+        from scripts.platform.observability import METRICS_PORTS  # imports this module
+
         return {
             "kafka": self.kafka_port,
             "kafka-controller": self.kafka_port + 1,
@@ -191,4 +211,7 @@ class Layout:
             "storage-service": self.storage_port,
             "score-validator": self.scorer_port,
             "kafka-ui": self.kafka_ui_port,
+            "prometheus": self.prometheus_port,
+            "dashboard": self.dashboard_port,
+            **{f"{name} metrics": port for name, port in METRICS_PORTS.items()},
         }

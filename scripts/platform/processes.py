@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from local_llm.config import LocalLLMSettings
+from score_validator.config import ScoreValidatorSettings
 from scripts.platform.config import (
     kafka_classpath,
     loopback_bind_preload,
@@ -19,6 +20,13 @@ from scripts.platform.config import (
     write_redis_secrets,
 )
 from scripts.platform.layout import PYTHON, ROOT, STATE, VENV, Layout, running_as_root
+from scripts.platform.observability import (
+    BACKUP_SCORER_METRICS_PORT,
+    FLINK_REPORTER_PORTS,
+    WORKER_METRICS_PORTS,
+    prometheus_command,
+    write_prometheus_config,
+)
 
 
 def literal(value: object) -> str:
@@ -45,7 +53,6 @@ def program(
     *,
     environment: dict | None = None,
     user: str | None = None,
-    numprocs: int = 1,
     stopsignal: str = "TERM",
     stopwaitsecs: int | None = None,
     directory: Path = ROOT,
@@ -69,14 +76,7 @@ def program(
         "stdout_logfile_maxbytes=20MB",
         "stdout_logfile_backups=2",
     ]
-    if numprocs > 1:
-        lines += [
-            f"numprocs={numprocs}",
-            "process_name=%(program_name)s-%(process_num)d",
-            f"stdout_logfile={literal(layout.path('logs'))}/%(program_name)s-%(process_num)d.log",
-        ]
-    else:
-        lines.append(f"stdout_logfile={literal(layout.path('logs', name + '.log'))}")
+    lines.append(f"stdout_logfile={literal(layout.path('logs', name + '.log'))}")
     if user:
         lines.append(f"user={user}")
     if environment:
@@ -84,7 +84,13 @@ def program(
     return "\n".join(lines) + "\n"
 
 
-PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager"]
+def group(name: str, members: list[str]) -> str:
+    """A [group:x] section: its processes are addressed as `x:member` (`supervisorctl start x:*`)."""
+    return f"[group:{name}]\nprograms={','.join(members)}\npriority={stop_priority(name)}\n"
+
+
+# Prometheus starts with the platform, so it sees Flink and the services from their first moment.
+PLATFORM = ["kafka", "postgres", "redis", "flink-jobmanager", "flink-taskmanager", "prometheus"]
 SERVICES = [
     "score-validator",
     "storage-service",
@@ -93,7 +99,11 @@ SERVICES = [
     "retry-overload-consumer",
     "retry-quota-consumer",
     "kafka-ui",
+    "dashboard",
 ]
+# The LLM consumers: one program each (llm-consumer-0, -1), grouped as `llm-consumer`, so each gets
+# a METRICS_PORT of its own (supervisord's numprocs would give them one environment).
+LLM_CONSUMERS = ["llm-consumer-0", "llm-consumer-1"]
 EMBEDDED_LLM = "local-llm"
 BACKUP_SCORER = "score-validator-backup"  # started only with SCORE_VALIDATOR_BACKUP_CONSUMER=true
 EMBEDDED_MODEL_NAME = LocalLLMSettings.model_fields["local_llm_model_name"].default
@@ -108,11 +118,11 @@ STOP_TIERS: list[set[str]] = [
     {"flink-jobmanager", "flink-taskmanager"},
     {"score-validator"},  # after the Flink job, its client
     {"kafka"},
-    {"postgres", "redis"},
+    {"postgres", "redis", "prometheus"},  # Prometheus last: it records the others' stop
 ]
 # An LLM consumer may be in a call of up to LLM_TIMEOUT_S when asked to stop; it then produces,
 # flushes and commits. Consumers get that long plus this margin before supervisord kills them.
-CONSUMERS = {"storage-consumer", "llm-consumer", "retry-overload-consumer", "retry-quota-consumer", BACKUP_SCORER}
+CONSUMERS = {"storage-consumer", *LLM_CONSUMERS, "retry-overload-consumer", "retry-quota-consumer", BACKUP_SCORER}
 CONSUMER_STOP_MARGIN_S = 30
 DEFAULT_STOP_GRACE_S = 30
 
@@ -150,6 +160,8 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
     files they read. Run scripts.platform.init.initialise_storage first."""
     kafka_conf = write_kafka_config(layout)
     classpath = kafka_classpath()
+    backup_scorer = ScoreValidatorSettings.from_env(layout.env).score_validator_backup_consumer
+    prometheus_conf = write_prometheus_config(layout, backup_scorer=backup_scorer, embedded_llm=embedded_llm)
     flink_conf = write_flink_config(layout)
     flink_bin = pyflink_home() / "bin"
     loopback_only = loopback_bind_preload(layout)
@@ -176,6 +188,12 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
         "YAHOO_LLM_STATE_DIR": STATE,
         "BIND_HOST": layout.bind_host,
     }
+
+    def worker_env(program_name: str, **extra: object) -> dict:
+        """A worker's environment: the services', with its own METRICS_PORT (port plan: observability.py)."""
+        port = WORKER_METRICS_PORTS.get(program_name, BACKUP_SCORER_METRICS_PORT)
+        return {**service_env, **extra, "METRICS_PORT": port}
+
     marker = layout.path("run", "embedded-llm")
     marker.unlink(missing_ok=True)
     if embedded_llm:
@@ -226,46 +244,68 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
             f"--maxmemory-policy {layout.settings.redis_maxmemory_policy}",
             layout,
         ),
-        program(
-            "flink-jobmanager",
-            f"{flink_bin}/jobmanager.sh start-foreground",
-            layout,
-            environment={**flink_env, **loopback_only},
-            stopwaitsecs=60,
+        *(
+            # One config for both JVMs; the Prometheus reporter's port as a dynamic property of each.
+            program(
+                name,
+                f"{flink_bin}/{name.removeprefix('flink-')}.sh start-foreground "
+                f"-D metrics.reporter.prom.port={FLINK_REPORTER_PORTS[name]}",
+                layout,
+                environment={**flink_env, **loopback_only},
+                stopwaitsecs=60,
+            )
+            for name in ("flink-jobmanager", "flink-taskmanager")
         ),
-        program(
-            "flink-taskmanager",
-            f"{flink_bin}/taskmanager.sh start-foreground",
-            layout,
-            environment={**flink_env, **loopback_only},
-            stopwaitsecs=60,
-        ),
+        program("prometheus", prometheus_command(layout, prometheus_conf, prometheus_binary()), layout),
         program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),
         program("storage-service", f"{py} -m storage_service serve", layout, environment=service_env),
-        program("storage-consumer", f"{py} -m storage_service consume", layout, environment=service_env),
-        program("llm-consumer", f"{py} -m llm_consumer", layout, environment=service_env, numprocs=2),
-        program("retry-overload-consumer", f"{py} -m retry_consumers overload", layout, environment=service_env),
-        program("retry-quota-consumer", f"{py} -m retry_consumers quota", layout, environment=service_env),
+        program(
+            "storage-consumer", f"{py} -m storage_service consume", layout, environment=worker_env("storage-consumer")
+        ),
+        *(program(name, f"{py} -m llm_consumer", layout, environment=worker_env(name)) for name in LLM_CONSUMERS),
+        group("llm-consumer", LLM_CONSUMERS),
+        program(
+            "retry-overload-consumer",
+            f"{py} -m retry_consumers overload",
+            layout,
+            environment=worker_env("retry-overload-consumer"),
+        ),
+        program(
+            "retry-quota-consumer",
+            f"{py} -m retry_consumers quota",
+            layout,
+            environment=worker_env("retry-quota-consumer"),
+        ),
         program("kafka-ui", f"{py} -m kafka_ui", layout, environment=service_env),
+        program(
+            "dashboard",
+            f"{py} -m dashboard",
+            layout,
+            environment={
+                **service_env,
+                "DASHBOARD_PORT": layout.dashboard_port,
+                "PROMETHEUS_URL": layout.prometheus_url,
+            },
+        ),
         program(EMBEDDED_LLM, f"{py} -m local_llm", layout, environment=service_env),
         program(
             WATCHDOG,
             f"{py} -m flink_job.watchdog --log-file {layout.path('logs', 'flink-submit.log')}",
             layout,
-            environment={
-                **service_env,
+            environment=worker_env(
+                WATCHDOG,
                 **flink_env,
-                "FLINK_REST_URL": layout.flink_rest_url,
-                "FLINK_CHECKPOINTS_DIR": layout.path("flink", "checkpoints"),
-                "SCORE_VALIDATOR_URL": layout.score_validator_url,
-                "TMPDIR": layout.path("flink", "tmp"),
-            },
+                FLINK_REST_URL=layout.flink_rest_url,
+                FLINK_CHECKPOINTS_DIR=layout.path("flink", "checkpoints"),
+                SCORE_VALIDATOR_URL=layout.score_validator_url,
+                TMPDIR=layout.path("flink", "tmp"),
+            ),
         ),
         program(
             BACKUP_SCORER,
             f"{py} -m score_validator backup-consumer",
             layout,
-            environment={**service_env, "FLINK_REST_URL": layout.flink_rest_url},
+            environment=worker_env(BACKUP_SCORER, FLINK_REST_URL=layout.flink_rest_url),
         ),
     ]
     conf = layout.path("supervisord.conf")
@@ -273,6 +313,13 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
     conf.chmod(0o600)  # it holds the stack's passwords (in DATABASE_URL and REDIS_URL)
     conf.write_text("\n".join(sections))
     return conf
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if found is None:
+        raise SystemExit("[stack] Prometheus is not installed; run scripts/install.sh")
+    return found
 
 
 def supervisorctl(layout: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess:

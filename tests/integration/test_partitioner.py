@@ -9,9 +9,9 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common.kafka import ConfirmedProducer
+from common.partitioner import partition_for
 from tests.conftest import wait_until
 from tests.fakes import question
-from tests.murmur2 import java_partition
 
 PARTITIONS = 6
 
@@ -47,6 +47,6 @@ def test_confirmed_producer_puts_each_key_where_java_would(stack):
     finally:
         consumer.close()
         admin.delete_topics([topic])
-    expected = {m.key: java_partition(m.key, PARTITIONS) for m in messages}
+    expected = {m.key: partition_for(m.key, PARTITIONS) for m in messages}
     assert landed == expected
     assert len(set(expected.values())) == PARTITIONS  # the keys spread, so the check means something

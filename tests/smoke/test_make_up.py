@@ -17,7 +17,10 @@ from common.flink_rest import SCORE_JOB_NAME, list_jobs
 from tests.conftest import ROOT, wait_until
 
 SEED_EXAMPLE = {"question_text": "¿Cuál es la capital de Chile?", "original_answer": "La capital de Chile es Santiago"}
-PORTS = (9092, 9093, 5432, 6379, 8081, 8000, 5001, 8080, 11434)
+SERVICE_PORTS = (9092, 9093, 5432, 6379, 8081, 8000, 5001, 8080, 11434)
+# Prometheus, the dashboard, the workers' metrics ports, Flink's reporters (JobManager, TaskManager).
+OBSERVABILITY_PORTS = (9090, 8090, 9101, 9102, 9103, 9104, 9105, 9107, 9249, 9250)
+PORTS = SERVICE_PORTS + OBSERVABILITY_PORTS
 
 
 def listening(port: int) -> bool:
@@ -41,6 +44,8 @@ def test_make_up_answers_the_seed_example_then_make_down_leaves_nothing():
     try:
         make("up")  # a second `make up` is harmless: nothing restarts, the job is not submitted twice
         assert running_score_jobs() == 1
+        assert requests.get("http://localhost:9090/-/ready", timeout=10).ok  # Prometheus
+        assert requests.get("http://localhost:8090/health", timeout=10).ok  # the dashboard
         resp = requests.post("http://localhost:5001/query", json=SEED_EXAMPLE, timeout=30)
         assert resp.status_code in (200, 202), resp.text
         qid = resp.json()["question_id"]

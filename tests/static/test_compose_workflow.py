@@ -171,3 +171,16 @@ def test_flink_job_waits_for_running(fleet):
     FakeFleet.job_states = ["FAILED"]
     with pytest.raises(SystemExit, match="RUNNING"):
         compose_check.check_flink_job(fleet, deadline_s=0, interval_s=0.01)
+
+
+def test_prometheus_targets_names_every_target_that_is_not_up():
+    targets = [
+        {"labels": {"job": "storage", "instance": "storage-service:5001"}, "health": "up"},
+        {"labels": {"job": "flink", "instance": "flink-taskmanager:9249"}, "health": "down", "lastError": "refused"},
+        {"labels": {"job": "kafka-ui", "instance": "kafka-lag:8080"}, "health": "unknown", "lastError": ""},
+    ]
+    assert compose_check.targets_down(targets) == [
+        "flink/flink-taskmanager:9249 (refused)",
+        "kafka-ui/kafka-lag:8080 (unknown)",
+    ]
+    assert compose_check.targets_down(targets[:1]) == []

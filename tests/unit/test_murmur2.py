@@ -1,6 +1,6 @@
 import pytest
 
-from tests.murmur2 import java_partition, murmur2
+from common.partitioner import murmur2, partition_for
 
 
 @pytest.mark.parametrize(
@@ -19,5 +19,5 @@ def test_murmur2_matches_the_java_client(data, expected):
 
 
 def test_partition_is_the_positive_hash_modulo_the_partition_count():
-    assert java_partition(b"21", 3) == (-973932308 & 0x7FFFFFFF) % 3
-    assert {java_partition(bytes([i]), 3) for i in range(64)} == {0, 1, 2}
+    assert partition_for(b"21", 3) == (-973932308 & 0x7FFFFFFF) % 3
+    assert {partition_for(bytes([i]), 3) for i in range(64)} == {0, 1, 2}

@@ -5,6 +5,7 @@ order and grace."""
 from __future__ import annotations
 
 import io
+import re
 import stat
 from urllib.parse import urlparse
 
@@ -12,7 +13,7 @@ import pytest
 from supervisor.options import ServerOptions
 
 from scripts.platform import config as stack_config
-from scripts.platform import processes
+from scripts.platform import observability, processes
 from scripts.platform.layout import Layout, masked
 
 
@@ -115,8 +116,9 @@ def test_supervisord_priorities_give_its_own_shutdown_the_same_order(layout_for)
 def test_consumers_may_finish_an_llm_call_before_they_are_killed(layout_for, timeout):
     layout = layout_for(LLM_TIMEOUT_S=timeout)
     sections = [processes.program(name, "/bin/true", layout) for name in sorted(processes.CONSUMERS)]
-    sections.append(processes.program("llm-consumer", "/bin/true", layout, numprocs=2))
-    for name, config in parse_programs(*sections).items():
+    parsed = parse_programs(*sections)
+    assert {"llm-consumer-0", "llm-consumer-1", "storage-consumer"} <= set(parsed)
+    for name, config in parsed.items():
         assert config.stopwaitsecs > float(timeout) + 10, name
     api = parse_programs(processes.program("storage-service", "/bin/true", layout))["storage-service"]
     assert api.stopwaitsecs == processes.DEFAULT_STOP_GRACE_S
@@ -206,3 +208,119 @@ def test_flink_wildcard_binds_become_loopback_binds(layout_for):
         [sys.executable, "-c", probe], env={"LD_PRELOAD": str(preload)}, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["127.0.0.1", "::ffff:127.0.0.1", "127.0.0.2"]
+
+
+# --- Prometheus: one list of scrape targets, the ports the processes get, the generated config ---
+
+
+def full_config(layout: Layout) -> dict:
+    """Every process of the supervisord configuration `make up` writes, as supervisord reads it."""
+    layout.path("run").mkdir(parents=True, exist_ok=True)  # `up` makes it before it writes the config
+    conf = processes.write_supervisor_config(layout, embedded_llm=False)
+    options = ServerOptions()
+    options.configfile = None
+    options.read_config(io.StringIO(conf.read_text()))
+    return {
+        process.name: process
+        for group in options.configroot.supervisord.process_group_configs
+        for process in group.process_configs
+    }
+
+
+def test_the_scrape_targets_are_the_jobs_and_distinct_ports_of_the_port_plan(layout_for):
+    targets = observability.scrape_targets(layout_for(), backup_scorer=True)
+    assert {t.job for t in targets} == {
+        "storage",
+        "score-validator",
+        "kafka-ui",
+        "storage-consumer",
+        "llm-consumer",
+        "retry-consumer",
+        "flink",
+        "prometheus",
+        "watchdog",
+        "dashboard",
+    }
+    ports = [t.port for t in targets]
+    assert len(ports) == len(set(ports)), ports
+    by_service = {(t.service, t.port) for t in targets}
+    assert {("llm-consumer", 9102), ("llm-consumer", 9103), ("flink-jobmanager", 9249)} <= by_service
+    assert ("flink-taskmanager", 9250) in by_service and ("prometheus", 9090) in by_service
+    assert "score-validator-backup" not in {t.service for t in observability.scrape_targets(layout_for())}
+    embedded = observability.scrape_targets(layout_for(), embedded_llm=True)
+    assert ("local-llm", 11434, "/metrics/prometheus") in {(t.job, t.port, t.path) for t in embedded}
+
+
+def test_every_scraped_process_serves_where_its_target_points(layout_for):
+    """METRICS_PORT of each worker, the Flink reporter port of each JVM and Prometheus's own
+    address, read back from the supervisord configuration: the same ports as the scrape targets."""
+    layout = layout_for(SCORE_VALIDATOR_BACKUP_CONSUMER="true")
+    configs = full_config(layout)
+    serving: dict[str, set[int]] = {}
+    for name, config in configs.items():
+        if "METRICS_PORT" in config.environment:
+            serving.setdefault(name, set()).add(int(config.environment["METRICS_PORT"]))
+        if reporter := re.search(r"metrics\.reporter\.prom\.port=(\d+)", config.command):
+            serving.setdefault(name, set()).add(int(reporter.group(1)))
+    assert "METRICS_PORT" not in configs["storage-service"].environment  # it serves on its own HTTP port
+    assert "--web.listen-address=127.0.0.1:9090" in configs["prometheus"].command
+    targets = observability.scrape_targets(layout, backup_scorer=True)
+    http_served = {"storage-service", "score-validator", "kafka-ui", "prometheus", "dashboard"}
+    expected = {t.port for t in targets if t.service not in http_served}
+    assert {port for ports in serving.values() for port in ports} == expected
+    assert serving["llm-consumer-0"] != serving["llm-consumer-1"]
+    assert configs["llm-consumer-0"].environment["KAFKA_BOOTSTRAP_SERVERS"] == layout.kafka_bootstrap
+
+
+def test_prometheus_keeps_its_data_in_the_stack_with_a_bounded_retention(layout_for):
+    layout = layout_for()
+    command = full_config(layout)["prometheus"].command
+    assert f"--storage.tsdb.path={layout.path('prometheus', 'data')}" in command
+    assert "--storage.tsdb.retention.time=7d" in command and "--storage.tsdb.retention.size=1GB" in command
+    assert f"--config.file={layout.path('prometheus', 'prometheus.yml')}" in command
+
+
+def test_the_llm_consumers_are_one_group_of_two_programs(layout_for):
+    processes_by_name = full_config(layout_for())
+    assert {"llm-consumer-0", "llm-consumer-1"} <= set(processes_by_name)
+    assert processes.stop_tier("llm-consumer:llm-consumer-1") == processes.stop_tier("storage-consumer")
+
+
+def test_the_native_prometheus_config_passes_promtool(layout_for):
+    import shutil
+    import subprocess
+
+    import yaml
+
+    conf = observability.write_prometheus_config(layout_for(), backup_scorer=True)
+    scraped = yaml.safe_load(conf.read_text())
+    assert scraped["global"]["scrape_interval"] == "5s"
+    addresses = {a for job in scraped["scrape_configs"] for c in job["static_configs"] for a in c["targets"]}
+    assert {"localhost:9102", "localhost:9103", "localhost:9249", "localhost:9250", "localhost:5001"} <= addresses
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/install.sh installs Debian's prometheus)")
+    result = subprocess.run([promtool, "check", "config", str(conf)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_refuses_a_broken_config(tmp_path):
+    """The check above can fail: a job without a name is refused."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (scripts/install.sh installs Debian's prometheus)")
+    broken = tmp_path / "prometheus.yml"
+    broken.write_text("scrape_configs:\n- static_configs:\n  - targets: [localhost:1]\n")
+    assert subprocess.run([promtool, "check", "config", str(broken)], capture_output=True).returncode != 0
+
+
+def test_flink_runs_the_prometheus_reporter(layout_for):
+    import yaml
+
+    config = yaml.safe_load((stack_config.write_flink_config(layout_for()) / "config.yaml").read_text())
+    assert config["metrics.reporter.prom.factory.class"] == stack_config.PROMETHEUS_REPORTER_FACTORY
+    plugin = stack_config.pyflink_home() / "plugins" / "metrics-prometheus"
+    assert list(plugin.glob("flink-metrics-prometheus-*.jar")), f"no reporter in {plugin} (scripts/install.sh)"

@@ -1,5 +1,8 @@
 """Java's partitioner for keyed records, in pure Python: the formula the Kafka Java clients (and so
-the Flink job's Kafka sink) use, to check that every Python producer agrees with it."""
+the Flink job's Kafka sink) use, and librdkafka's `murmur2_random` too (common/kafka.py). Every
+message is keyed by its question_id, so `partition_for` says which one partition of a topic holds
+all of a question's records (the dashboard's trace reads only that one); the tests check it against
+Kafka's own vectors and against where the real broker's producers put keys."""
 
 from __future__ import annotations
 
@@ -33,6 +36,6 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
-def java_partition(key: bytes, partitions: int) -> int:
+def partition_for(key: bytes, partitions: int) -> int:
     """Utils.toPositive(Utils.murmur2(key)) % partitions: where a Java producer puts a keyed record."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,1 @@
+"""The live dashboard (:8090): charts from Prometheus, outcomes from PostgreSQL, question traces from Kafka."""
