@@ -47,10 +47,11 @@ HTTP_REQUEST_SECONDS = Histogram(
 UNMATCHED_ROUTE = "<unmatched>"  # the route label of a request no rule matched (404, 405)
 
 # -- storage_service: the front door ---------------------------------------------------------------
-CACHE_REQUESTS = Counter("yahoo_cache_requests", "Redis answer-cache lookups (hit or miss)", ["result"])
+CACHE_REQUESTS = Counter("yahoo_cache_requests", "Redis answer-cache lookups of POST /query (hit or miss)", ["result"])
 QUESTIONS_ACCEPTED = Counter(
     "yahoo_questions_accepted",
-    "POST /query answers by outcome: cached, stored (validated, from the database), published, pending, rejected",
+    "POST /query answers by outcome: cached, stored (validated, from the database), published, pending, "
+    "rejected (4xx), unavailable (503: Kafka or PostgreSQL away)",
     ["outcome"],
 )
 QUESTIONS_PUBLISHED = Counter("yahoo_questions_published", "Questions produced to questions-pending")
@@ -178,18 +179,19 @@ def observe_applied_outcome(message: PipelineMessage, status: str, now: datetime
 # creates, at start, the label sets it will count.
 
 LLM_CALL_KINDS = ("success", "overload", "quota", "error")  # "success" + common.policy.FailureKind
-ACCEPTED_OUTCOMES = ("cached", "stored", "published", "pending", "rejected")
+ACCEPTED_OUTCOMES = ("cached", "stored", "published", "pending", "rejected", "unavailable")
 TERMINAL_STATUSES = ("validated", "low_quality", "failed")
 OUTCOME_RESULTS_COUNTED = ("applied", "duplicate")
 
 
-def start_at_zero(counter: Counter, label_sets: Iterable[tuple[str, ...]]) -> None:
+def start_at_zero(metric: Counter | Histogram, label_sets: Iterable[tuple[str, ...]]) -> None:
     for labels in label_sets:
-        counter.labels(*labels)
+        metric.labels(*labels)
 
 
 def start_llm_consumer_series(skip_reasons: Iterable[str]) -> None:
     start_at_zero(LLM_CALLS, [(kind,) for kind in LLM_CALL_KINDS])
+    start_at_zero(LLM_CALL_SECONDS, [(kind,) for kind in LLM_CALL_KINDS])
     start_at_zero(LLM_CALLS_SKIPPED, [(reason,) for reason in skip_reasons])
 
 
@@ -202,8 +204,12 @@ def start_storage_api_series() -> None:
     start_at_zero(QUESTIONS_ACCEPTED, [(outcome,) for outcome in ACCEPTED_OUTCOMES])
 
 
-def start_outcome_series() -> None:
+def start_outcome_series(max_attempts: int) -> None:
     start_at_zero(OUTCOMES, [(status, result) for status in TERMINAL_STATUSES for result in OUTCOME_RESULTS_COUNTED])
+    for histogram in (ATTEMPTS_PER_QUESTION, END_TO_END_SECONDS):
+        start_at_zero(histogram, [(status,) for status in TERMINAL_STATUSES])
+    start_at_zero(REGENERATION_F1, [("first",), ("final",)])
+    start_at_zero(F1_SCORE, [(str(attempt),) for attempt in range(1, max_attempts + 1)])
 
 
 def start_consumer_series(service: str, source_topics: Iterable[str], dead_letter_reasons: Iterable[str]) -> None:
@@ -223,25 +229,37 @@ def mark_poll(service: str) -> None:
 GaugeSamples = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
 
 
-def read_within(read: GaugeSamples, timeout_s: float) -> list[tuple[tuple[str, ...], float]]:
-    """What `read` returns, or TimeoutError after `timeout_s` (it then finishes in the background,
-    bounded by its own timeouts): a scrape must answer before Prometheus gives up on it."""
-    outcome: dict[str, Any] = {}
+class BoundedRead:
+    """One gauge's reads at scrape time: each answers within a deadline or raises TimeoutError (the
+    read then finishes in the background, bounded by its own timeouts), and a read still running
+    from an earlier scrape is not started again: a dependency that hangs would otherwise gather a
+    thread (and a Kafka client) per scrape."""
 
-    def run() -> None:
-        try:
-            outcome["samples"] = list(read())
-        except Exception as exc:  # noqa: BLE001 - handed to the caller
-            outcome["error"] = exc
+    def __init__(self, read: GaugeSamples) -> None:
+        self.read = read
+        self._lock = threading.Lock()
+        self._running: threading.Thread | None = None
 
-    worker = threading.Thread(target=run, name="metrics-read", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutError(f"no answer within {timeout_s}s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["samples"]
+    def __call__(self, timeout_s: float) -> list[tuple[tuple[str, ...], float]]:
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["samples"] = list(self.read())
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                outcome["error"] = exc
+
+        with self._lock:
+            if self._running is not None and self._running.is_alive():
+                raise TimeoutError("the read of an earlier scrape has not finished")
+            worker = self._running = threading.Thread(target=run, name="metrics-read", daemon=True)
+            worker.start()
+        worker.join(timeout_s)
+        if worker.is_alive():
+            raise TimeoutError(f"no answer within {timeout_s}s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["samples"]
 
 
 class GaugesAtScrape(Collector):
@@ -252,6 +270,7 @@ class GaugesAtScrape(Collector):
     def __init__(self, gauges: dict[str, tuple[str, list[str], GaugeSamples]], timeout_s: float = 3.0) -> None:
         self.gauges = gauges  # name -> (help, label names, read)
         self.timeout_s = timeout_s
+        self._reads = {name: BoundedRead(read) for name, (_help, _labels, read) in gauges.items()}
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         for name, (help_text, labels, _read) in self.gauges.items():
@@ -259,10 +278,10 @@ class GaugesAtScrape(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         deadline = time.monotonic() + self.timeout_s  # for all the reads together
-        for name, (help_text, labels, read) in self.gauges.items():
+        for name, (help_text, labels, _read) in self.gauges.items():
             family = GaugeMetricFamily(name, help_text, labels=labels)
             try:
-                for label_values, value in read_within(read, max(0.0, deadline - time.monotonic())):
+                for label_values, value in self._reads[name](max(0.0, deadline - time.monotonic())):
                     family.add_metric(list(label_values), value)
             except Exception as exc:  # noqa: BLE001 - a broker or REST API away must not fail the scrape
                 log.warning("metric not readable at scrape time", extra={"metric": name, "error": str(exc)[:300]})
@@ -305,7 +324,16 @@ def serve_worker_metrics(settings: ServiceSettings) -> str | None:
     set; returns the URL, or None when it is not set. Any path answers; Prometheus scrapes /metrics."""
     if settings.metrics_port is None:
         return None
-    start_http_server(settings.metrics_port, addr=settings.bind_host)
+    try:
+        start_http_server(settings.metrics_port, addr=settings.bind_host)
+    except OSError as exc:
+        # A port taken (a leftover process, a foreign listener) must not stop the worker: it keeps
+        # consuming, and Prometheus shows its target down.
+        log.error(
+            "cannot serve Prometheus metrics; the worker runs without them",
+            extra={"port": settings.metrics_port, "bind_host": settings.bind_host, "error": str(exc)},
+        )
+        return None
     host = f"[{settings.bind_host}]" if ":" in settings.bind_host else settings.bind_host
     url = f"http://{host}:{settings.metrics_port}/metrics"
     log.info("serving Prometheus metrics", extra={"url": url})

@@ -50,3 +50,13 @@ GROUP_RETRY_QUOTA = "retry-quota-consumer"
 GROUP_STORAGE = "storage-service"
 GROUP_FLINK = "flink-score-validator"
 GROUP_SCORE_VALIDATOR_BACKUP = "score-validator-backup"
+# The pipeline's own consumer groups (tools and tests read topics under throwaway groups): the ones
+# whose lag is exported to Prometheus and charted.
+PIPELINE_GROUPS = (
+    GROUP_LLM_CONSUMER,
+    GROUP_RETRY_OVERLOAD,
+    GROUP_RETRY_QUOTA,
+    GROUP_STORAGE,
+    GROUP_FLINK,
+    GROUP_SCORE_VALIDATOR_BACKUP,
+)

@@ -149,6 +149,15 @@ def route_label() -> str:
     return request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """The method as a metric label: any token is a valid method to Werkzeug, so anything outside the
+    standard set is "other" (one series, not one per made-up method)."""
+    return method if method in HTTP_METHODS else "other"
+
+
 def expose_metrics(app: Flask, service: str, collectors: Sequence[Collector] = ()) -> None:
     """Count and time every request by route rule, and serve GET /metrics/prometheus: the process's
     metrics (common.metrics) plus `collectors`, values this app reads when it is scraped."""
@@ -165,7 +174,7 @@ def expose_metrics(app: Flask, service: str, collectors: Sequence[Collector] = (
         started = g.get("metrics_started")
         if started is not None:
             seconds = time.perf_counter() - started
-            observe_http_request(service, route_label(), request.method, response.status_code, seconds)
+            observe_http_request(service, route_label(), method_label(request.method), response.status_code, seconds)
         return response
 
     def prometheus_text() -> Response:

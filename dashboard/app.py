@@ -159,7 +159,7 @@ def create_app(
         try:
             summary = panels.status_summary(
                 prometheus.query(panels.UP_QUERY),
-                prometheus.query(panels.STALLED_QUERY),
+                prometheus.query(panels.stalled_query(settings.dashboard_stall_after_s)),
                 prometheus.query(panels.FLINK_JOB_DOWN_QUERY),
             )
         except (PrometheusUnavailable, PrometheusQueryError) as exc:

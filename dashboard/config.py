@@ -9,6 +9,10 @@ class DashboardSettings(PipelineSettings):
 
     # How often the page asks for fresh data (seconds); told to the page by GET /api/config.
     dashboard_refresh_s: float = 5.0
+    # A worker whose poll loop did not turn for this long is shown as stalled. Above LLM_TIMEOUT_S
+    # (120 s) plus a margin: an LLM consumer does not turn its loop during a call, nor the Flink job
+    # watchdog while it submits the job.
+    dashboard_stall_after_s: float = 180.0
     # Answer time allowed to Prometheus per query; a slower answer counts as unreachable.
     prometheus_timeout_s: float = 5.0
     # A question trace reads each topic's partition of the question from (created_at - margin), for at

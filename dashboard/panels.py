@@ -18,17 +18,7 @@ PanelKind = Literal["timeseries", "histogram"]
 RATE_WINDOW = "1m"
 # Quantiles and ratios over a wider window: one slow call should not make the whole line jump.
 QUANTILE_WINDOW = "5m"
-# A worker whose poll loop did not turn for this long is shown as stalled (its liveness gauge).
-STALL_AFTER_S = 60
-# Lag is shown for the pipeline's own groups: tools and tests read topics under throwaway groups.
-PIPELINE_GROUPS = (
-    topics.GROUP_LLM_CONSUMER,
-    topics.GROUP_RETRY_OVERLOAD,
-    topics.GROUP_RETRY_QUOTA,
-    topics.GROUP_STORAGE,
-    topics.GROUP_FLINK,
-    topics.GROUP_SCORE_VALIDATOR_BACKUP,
-)
+PIPELINE_GROUPS = topics.PIPELINE_GROUPS  # lag is exported for these only (kafka_ui)
 # The ranges the page offers (minutes), and how many points a line gets at most.
 RANGE_MINUTES = (5, 15, 60, 180, 360)
 MAX_POINTS = 240
@@ -176,14 +166,20 @@ PANELS: tuple[Panel, ...] = (
         "timeseries",
         "ratio",
         (Query(hit_ratio(QUANTILE_WINDOW), f"last {QUANTILE_WINDOW}"), Query(hit_ratio(None), "since start")),
-        help="storage's Redis answer cache on POST /query and GET /status",
+        help="storage's Redis answer cache on POST /query",
     ),
 )
 PANELS_BY_NAME = {panel.name: panel for panel in PANELS}
 
 # The banner: targets down, workers whose loop stopped turning, the Flink job not running.
 UP_QUERY = "up"
-STALLED_QUERY = f"time() - yahoo_worker_last_poll_timestamp_seconds > {STALL_AFTER_S}"
+
+
+def stalled_query(stall_after_s: float) -> str:
+    """Workers whose poll loop did not turn for `stall_after_s` (their liveness gauge)."""
+    return f"time() - yahoo_worker_last_poll_timestamp_seconds > {stall_after_s:g}"
+
+
 FLINK_JOB_DOWN_QUERY = "yahoo_flink_job_up == 0"
 
 

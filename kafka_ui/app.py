@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from confluent_kafka import KafkaException
 from flask import Flask, jsonify, render_template_string, request
 
+from common import topics
 from common.metrics import kafka_lag_collector
 from common.web import ApiError, configure_json_api
 from kafka_ui.browser import KafkaBrowser
@@ -53,9 +54,13 @@ def when(timestamp_ms: int) -> str:
 def lag_metrics(browser: KafkaBrowser):
     """yahoo_kafka_consumer_lag and yahoo_kafka_consumer_group_members, read from the broker when
     Prometheus scrapes (each broker call bounded by the browser's timeout)."""
+    # Only the pipeline's groups: every throwaway group of a tool or test would be a series of its own.
     return kafka_lag_collector(
-        lambda: [(p.group, p.topic, p.partition, p.lag) for p in browser.partition_lags(browser.topics())],
-        lambda: browser.group_members().items(),
+        lambda: [
+            (p.group, p.topic, p.partition, p.lag)
+            for p in browser.partition_lags(browser.topics(), only=topics.PIPELINE_GROUPS)
+        ],
+        lambda: browser.group_members(only=topics.PIPELINE_GROUPS).items(),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_INVALID, Consumer, ConsumerGroupTopicPartitions, TopicPartition
@@ -113,22 +114,33 @@ class KafkaBrowser:
         listed = self.admin.list_consumer_groups(request_timeout=self.timeout_s).result().valid
         return sorted(g.group_id for g in listed if not g.group_id.startswith("kafka-ui-"))
 
-    def partition_lags(self, summaries: list[TopicSummary]) -> list[PartitionLag]:
-        """Each group's committed offset against the end offset, per partition it committed on."""
+    def partition_lags(self, summaries: list[TopicSummary], only: Iterable[str] | None = None) -> list[PartitionLag]:
+        """Each group's committed offset against the end offset, per partition of every topic it
+        committed on (a partition it never committed on: committed 0, all lag, as on the page).
+        `only`: these groups, when the broker knows them."""
         ends = {s.name: s.end_offsets for s in summaries}
         lags = []
-        for group in self.groups():
+        for group in self._groups(only):
             future = self.admin.list_consumer_group_offsets(
                 [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout_s
             )[group]
-            for tp in future.result().topic_partitions or []:
-                if tp.offset != OFFSET_INVALID and tp.partition in ends.get(tp.topic, {}):
-                    lags.append(PartitionLag(group, tp.topic, tp.partition, tp.offset, ends[tp.topic][tp.partition]))
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in future.result().topic_partitions or []
+                if tp.offset != OFFSET_INVALID and tp.partition in ends.get(tp.topic, {})
+            }
+            for topic in sorted({topic for topic, _ in committed}):
+                for partition, end in sorted(ends[topic].items()):
+                    lags.append(PartitionLag(group, topic, partition, committed.get((topic, partition), 0), end))
         return sorted(lags, key=lambda p: (p.group, p.topic, p.partition))
 
-    def group_members(self) -> dict[str, int]:
+    def _groups(self, only: Iterable[str] | None) -> list[str]:
+        known = self.groups()
+        return known if only is None else [group for group in known if group in set(only)]
+
+    def group_members(self, only: Iterable[str] | None = None) -> dict[str, int]:
         """How many members each consumer group has now (0: nobody consumes for it)."""
-        groups = self.groups()
+        groups = self._groups(only)
         if not groups:
             return {}
         futures = self.admin.describe_consumer_groups(groups, request_timeout=self.timeout_s)

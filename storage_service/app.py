@@ -108,8 +108,8 @@ def create_app(
     def query():
         try:
             response, outcome = answer_query()
-        except ApiError:
-            QUESTIONS_ACCEPTED.labels("rejected").inc()
+        except ApiError as exc:  # bad input, or Kafka/PostgreSQL away: an outage is not the client's fault
+            QUESTIONS_ACCEPTED.labels("rejected" if exc.status < 500 else "unavailable").inc()
             raise
         QUESTIONS_ACCEPTED.labels(outcome).inc()
         return response

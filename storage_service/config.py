@@ -1,9 +1,10 @@
 from __future__ import annotations
 
-from common.settings import ServiceSettings
+from common.settings import PipelineSettings
 
 
-class StorageSettings(ServiceSettings):
+class StorageSettings(PipelineSettings):
+    # PipelineSettings for MAX_ATTEMPTS: the F1-per-attempt series start at 0 for every attempt.
     cache_ttl_s: int = 7 * 24 * 3600
     # Input limits (README, "API"): larger bodies get HTTP 413.
     max_body_bytes: int = 64 * 1024

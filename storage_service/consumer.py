@@ -108,7 +108,7 @@ def dead_letter_handler(repo: Repository) -> DeadLetterHandler:
 
 
 def run(settings: StorageSettings) -> None:
-    metrics.start_outcome_series()
+    metrics.start_outcome_series(settings.max_attempts)
     metrics.serve_worker_metrics(settings)
     repo = Repository(settings.database_url, pool_size=2)
     repo.open()

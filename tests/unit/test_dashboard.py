@@ -54,7 +54,7 @@ def test_every_panel_queries_only_agreed_metrics():
         for query in panel.queries:
             assert metric_names(query.promql) <= AGREED_METRICS, (panel.name, query.promql)
             used |= metric_names(query.promql)
-    used |= metric_names(panels.STALLED_QUERY) | metric_names(panels.FLINK_JOB_DOWN_QUERY)
+    used |= metric_names(panels.stalled_query(180)) | metric_names(panels.FLINK_JOB_DOWN_QUERY)
     assert used == AGREED_METRICS  # and each agreed metric the dashboard promised is shown
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from common import metrics, topics
@@ -24,7 +27,7 @@ from common.messages import LLMError, PipelineMessage, Score, ScoreRecord
 from common.policy import FailureKind, RetryPolicy
 from common.settings import ServiceSettings
 from kafka_ui.app import create_app as create_kafka_ui
-from kafka_ui.browser import PartitionLag, TopicSummary, lags_by_topic
+from kafka_ui.browser import KafkaBrowser, PartitionLag, TopicSummary, lags_by_topic
 from llm_consumer.clients import Generation, LLMFailure, OllamaClient, OpenAIClient
 from llm_consumer.worker import llm_handler
 from retry_consumers.worker import retry_handler
@@ -325,13 +328,15 @@ class FakeBrowser:
             raise RuntimeError("broker away")
         return [TopicSummary(topics.QUESTIONS_PENDING, 2, 10, {0: 6, 1: 4})]
 
-    def partition_lags(self, _summaries: list[TopicSummary]) -> list[PartitionLag]:
+    def partition_lags(self, _summaries: list[TopicSummary], only=None) -> list[PartitionLag]:
+        assert set(only) == set(topics.PIPELINE_GROUPS)
         return [
             PartitionLag(topics.GROUP_LLM_CONSUMER, topics.QUESTIONS_PENDING, 0, 4, 6),
             PartitionLag(topics.GROUP_LLM_CONSUMER, topics.QUESTIONS_PENDING, 1, 4, 4),
         ]
 
-    def group_members(self) -> dict[str, int]:
+    def group_members(self, only=None) -> dict[str, int]:
+        assert set(only) == set(topics.PIPELINE_GROUPS)
         return {topics.GROUP_LLM_CONSUMER: 2, topics.GROUP_STORAGE: 0}
 
 
@@ -471,3 +476,81 @@ def test_the_retry_and_storage_series_exist_at_zero_before_their_first_event():
     storage_client()
     assert REGISTRY.get_sample_value("yahoo_cache_requests_total", {"result": "hit"}) is not None
     assert REGISTRY.get_sample_value("yahoo_questions_accepted_total", {"outcome": "rejected"}) is not None
+
+
+def test_a_made_up_http_method_is_counted_as_other():
+    client = storage_client()
+    other = {"service": "storage-service", "route": "<unmatched>", "method": "other", "status": "405"}
+    assert moved("yahoo_http_requests_total", lambda: client.open("/query", method="FOOBAR"), **other) == 1
+    assert REGISTRY.get_sample_value("yahoo_http_requests_total", {**other, "method": "FOOBAR"}) is None
+
+
+def test_a_busy_metrics_port_leaves_the_worker_running_without_metrics():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = ServiceSettings(metrics_port=port, bind_host="127.0.0.1")
+        assert metrics.serve_worker_metrics(settings) is None  # logged, not raised
+
+
+def test_a_read_that_hangs_is_not_started_again_by_the_next_scrape():
+    release = threading.Event()
+    started: list[int] = []
+
+    def hanging_read():
+        started.append(1)
+        release.wait(10)
+        return [((), 1.0)]
+
+    read = metrics.BoundedRead(hanging_read)
+    with pytest.raises(TimeoutError, match="no answer"):
+        read(0.05)
+    with pytest.raises(TimeoutError, match="earlier scrape"):
+        read(0.05)
+    assert len(started) == 1
+    release.set()
+    time.sleep(0.1)
+    assert read(1.0) == [((), 1.0)] and len(started) == 2
+
+
+def test_the_outcome_histograms_exist_at_zero_before_the_first_outcome():
+    assert REGISTRY.get_sample_value("yahoo_f1_score_count", {"attempt": "7"}) is None
+    metrics.start_outcome_series(max_attempts=7)
+    assert exists_at_zero("yahoo_f1_score_count", attempt="7")
+    for status in ("validated", "low_quality", "failed"):
+        assert REGISTRY.get_sample_value("yahoo_end_to_end_seconds_count", {"status": status}) is not None
+        assert REGISTRY.get_sample_value("yahoo_attempts_per_question_count", {"status": status}) is not None
+    assert REGISTRY.get_sample_value("yahoo_regeneration_f1_count", {"stage": "first"}) is not None
+
+
+class FakeAdmin:
+    """The two AdminClient calls KafkaBrowser.partition_lags makes, answered from fixed offsets."""
+
+    def __init__(self, committed: dict[str, list[TopicPartition]]) -> None:
+        self.committed = committed
+
+    def list_consumer_groups(self, request_timeout: float):
+        groups = [SimpleNamespace(group_id=g) for g in self.committed]
+        return SimpleNamespace(result=lambda: SimpleNamespace(valid=groups))
+
+    def list_consumer_group_offsets(self, requests, request_timeout: float):
+        group = requests[0].group_id
+        return {group: SimpleNamespace(result=lambda: SimpleNamespace(topic_partitions=self.committed[group]))}
+
+
+def test_lag_covers_every_partition_of_a_topic_a_pipeline_group_committed_on():
+    browser = KafkaBrowser("127.0.0.1:9")
+    browser.admin = FakeAdmin(  # type: ignore[assignment]
+        {
+            topics.GROUP_LLM_CONSUMER: [TopicPartition(topics.QUESTIONS_PENDING, 0, 5)],  # partition 1: never
+            "t-3f2a": [TopicPartition(topics.QUESTIONS_PENDING, 0, 1)],  # a test's throwaway group
+        }
+    )
+    summaries = [TopicSummary(topics.QUESTIONS_PENDING, 2, 10, {0: 6, 1: 4})]
+    lags = browser.partition_lags(summaries, only=topics.PIPELINE_GROUPS)
+    assert [(p.group, p.partition, p.lag) for p in lags] == [
+        (topics.GROUP_LLM_CONSUMER, 0, 1),
+        (topics.GROUP_LLM_CONSUMER, 1, 4),  # stalled before its first commit there: all of it is lag
+    ]
+    assert {p.group for p in browser.partition_lags(summaries)} == {topics.GROUP_LLM_CONSUMER, "t-3f2a"}
