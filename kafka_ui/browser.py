@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_INVALID, Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from common.kafka import position
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,24 @@ class Record:
             return self.value
 
 
+def renews_admin_on_failure(method: Callable[..., T]) -> Callable[..., T]:
+    """A call that fails on Kafka gets the browser a new admin client before the error goes on.
+
+    After a broker restart the long-lived librdkafka admin client can keep answering every request
+    with _TIMED_OUT while a new client answers at once (seen in the e2e Kafka-outage test): the page
+    and the lag metric would stay broken until the browser restarted."""
+
+    @functools.wraps(method)
+    def call(self: KafkaBrowser, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (KafkaException, TimeoutError):
+            self.admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            raise
+
+    return call
+
+
 class KafkaBrowser:
     def __init__(self, bootstrap_servers: str, timeout_s: float = 5.0) -> None:
         self.bootstrap = bootstrap_servers
@@ -89,6 +111,7 @@ class KafkaBrowser:
             }
         )
 
+    @renews_admin_on_failure
     def topics(self) -> list[TopicSummary]:
         metadata = self.admin.list_topics(timeout=self.timeout_s)
         names = sorted(t for t in metadata.topics if not t.startswith("__"))
@@ -109,11 +132,13 @@ class KafkaBrowser:
     def lags(self, summaries: list[TopicSummary]) -> list[GroupLag]:
         return lags_by_topic(self.partition_lags(summaries), summaries)
 
+    @renews_admin_on_failure
     def groups(self) -> list[str]:
         """The consumer groups the broker knows, without this browser's own throwaway ones."""
-        listed = self.admin.list_consumer_groups(request_timeout=self.timeout_s).result().valid
+        listed = self.admin.list_consumer_groups(request_timeout=self.timeout_s).result(timeout=self.timeout_s).valid
         return sorted(g.group_id for g in listed if not g.group_id.startswith("kafka-ui-"))
 
+    @renews_admin_on_failure
     def partition_lags(self, summaries: list[TopicSummary], only: Iterable[str] | None = None) -> list[PartitionLag]:
         """Each group's committed offset against the end offset, per partition of every topic it
         committed on (a partition it never committed on: committed 0, all lag, as on the page).
@@ -138,6 +163,7 @@ class KafkaBrowser:
         known = self.groups()
         return known if only is None else [group for group in known if group in set(only)]
 
+    @renews_admin_on_failure
     def group_members(self, only: Iterable[str] | None = None) -> dict[str, int]:
         """How many members each consumer group has now (0: nobody consumes for it)."""
         groups = self._groups(only)
@@ -146,6 +172,7 @@ class KafkaBrowser:
         futures = self.admin.describe_consumer_groups(groups, request_timeout=self.timeout_s)
         return {group: len(future.result(timeout=self.timeout_s).members) for group, future in futures.items()}
 
+    @renews_admin_on_failure
     def latest(self, topic: str, limit: int) -> list[Record]:
         """The newest `limit` messages of each partition, newest first overall (at most `limit`)."""
         metadata = self.admin.list_topics(topic=topic, timeout=self.timeout_s)

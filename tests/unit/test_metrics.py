@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from prometheus_client import REGISTRY
 
 from common import metrics, topics
@@ -532,7 +532,7 @@ class FakeAdmin:
 
     def list_consumer_groups(self, request_timeout: float):
         groups = [SimpleNamespace(group_id=g) for g in self.committed]
-        return SimpleNamespace(result=lambda: SimpleNamespace(valid=groups))
+        return SimpleNamespace(result=lambda timeout=None: SimpleNamespace(valid=groups))
 
     def list_consumer_group_offsets(self, requests, request_timeout: float):
         group = requests[0].group_id
@@ -554,3 +554,18 @@ def test_lag_covers_every_partition_of_a_topic_a_pipeline_group_committed_on():
         (topics.GROUP_LLM_CONSUMER, 1, 4),  # stalled before its first commit there: all of it is lag
     ]
     assert {p.group for p in browser.partition_lags(summaries)} == {topics.GROUP_LLM_CONSUMER, "t-3f2a"}
+
+
+class StuckAdmin:
+    """An admin client that times out on every call, as librdkafka's did after a broker restart."""
+
+    def list_consumer_groups(self, request_timeout: float):
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+
+def test_a_browser_whose_admin_client_fails_gets_a_new_one():
+    browser = KafkaBrowser("127.0.0.1:9")
+    stuck = browser.admin = StuckAdmin()  # type: ignore[assignment]
+    with pytest.raises(KafkaException):
+        browser.groups()
+    assert browser.admin is not stuck  # the next call (the next scrape or page) starts afresh
