@@ -44,8 +44,11 @@ test: install lint
 test-unit: install
 	@$(PY) -m pytest tests/unit
 
+# Micro-benchmarks (scorer, embedded LLM, schemas), then the end-to-end one on the test stack with the
+# scripted LLM (benchmarks/e2e.py; E2E_PARTS=scorer,... narrows it): bench-results/e2e-latest.md.
 bench: install
 	@$(PY) -m benchmarks
+	@$(PY) -m benchmarks.e2e $(if $(E2E_PARTS),--parts $(E2E_PARTS))
 
 # Every fault of issue 8 in turn on the test stack (README, "Fault injection"); the table goes to
 # bench-results/chaos-latest.md. CHAOS_FAULTS=name,... and CHAOS_QUESTIONS=n narrow or widen it.

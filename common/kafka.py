@@ -81,8 +81,25 @@ def message_key(message: PipelineMessage | DeadLetter) -> bytes | None:
     return message.question_id.encode("utf-8") if message.question_id else None
 
 
+class _DeliveryReport:
+    """One message's delivery report, awaited by the thread that produced it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: KafkaError | None = None
+
+    def record(self, err: KafkaError | None, _msg: Message) -> None:
+        self.error = err
+        self.done.set()
+
+
 class ConfirmedProducer:
     """A producer whose `flush()` raises unless every message since the last flush was acknowledged."""
+
+    # send_and_wait's caller waits this much longer than message.timeout.ms for its report.
+    ACK_GRACE_S = 5.0
+    # How long the delivery-report thread blocks in one poll; a report wakes it at once.
+    REPORT_POLL_S = 0.2
 
     def __init__(self, bootstrap_servers: str, client_id: str, message_timeout_s: float = 30.0) -> None:
         self._producer = Producer(
@@ -91,7 +108,10 @@ class ConfirmedProducer:
                 "client.id": client_id,
                 "acks": "all",
                 "enable.idempotence": True,
-                "linger.ms": 5,
+                # A request's acknowledgement is its latency (POST /query waits for it): send at
+                # once. Concurrent messages still share a request while earlier ones are in flight.
+                "linger.ms": 1,
+                "socket.nagle.disable": True,
                 "partitioner": PARTITIONER,
                 # After this the client gives up on a message for good and reports it failed.
                 "message.timeout.ms": int(message_timeout_s * 1000),
@@ -99,6 +119,9 @@ class ConfirmedProducer:
         )
         self.message_timeout_s = message_timeout_s
         self._failures: list[str] = []
+        self._reporter: threading.Thread | None = None
+        self._reporter_lock = threading.Lock()
+        self._closing = threading.Event()
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -121,28 +144,51 @@ class ConfirmedProducer:
     def send_and_wait(self, topic: str, message: PipelineMessage) -> None:
         """Produce one message and wait for its own delivery report (safe from many threads).
 
+        One background thread serves every delivery report (`_serve_delivery_reports`); the caller
+        sleeps on its own event and wakes the moment its report arrives. (Callers that each polled
+        the shared client in slices waited for one another's slices: any thread's poll may serve
+        any report, so a report served by another thread was noticed only when one's slice ended.)
         The wait outlasts message.timeout.ms, so the report is definitive: a message reported
         failed will not be delivered later behind the caller's back.
         """
-        timeout_s = self.message_timeout_s + 5
-        done = threading.Event()
-        outcome: dict[str, KafkaError | None] = {}
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            outcome["error"] = err
-            done.set()
-
+        self._start_reporter()
+        report = _DeliveryReport()
         try:
-            self._producer.produce(topic, key=message.key, value=message.to_bytes(), on_delivery=on_delivery)
+            self._producer.produce(topic, key=message.key, value=message.to_bytes(), on_delivery=report.record)
         except (BufferError, KafkaException) as exc:
             raise DeliveryError(f"could not enqueue: {exc}") from exc
-        deadline = time.monotonic() + timeout_s
-        while not done.is_set() and time.monotonic() < deadline:
-            self._producer.poll(0.05)
-        if not done.is_set():
+        timeout_s = self.message_timeout_s + self.ACK_GRACE_S
+        if not report.done.wait(timeout_s):
             raise DeliveryError(f"no acknowledgement within {timeout_s}s")
-        if outcome["error"] is not None:
-            raise DeliveryError(str(outcome["error"]))
+        if report.error is not None:
+            raise DeliveryError(str(report.error))
+
+    def _start_reporter(self) -> None:
+        """Started by the first send_and_wait: a producer used only through send() and flush()
+        (ConsumerRunner) keeps serving its reports in its own thread."""
+        with self._reporter_lock:
+            if self._reporter is None:
+                self._reporter = threading.Thread(
+                    target=self._serve_delivery_reports, name="kafka-delivery-reports", daemon=True
+                )
+                self._reporter.start()
+
+    def _serve_delivery_reports(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._producer.poll(self.REPORT_POLL_S)
+            except Exception:  # the waiters depend on this thread: it must keep going
+                log.exception("serving Kafka delivery reports failed; serving on")
+                self._closing.wait(self.REPORT_POLL_S)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the delivery-report thread (after a last flush); for a producer that is done."""
+        try:
+            self._producer.flush(timeout_s)
+        finally:
+            self._closing.set()
+            if self._reporter is not None:
+                self._reporter.join(timeout_s)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         remaining = self._producer.flush(timeout_s)
@@ -431,16 +477,20 @@ class ConsumerRunner:
             message = PipelineMessage.from_bytes(msg.value())
         except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they become a dead letter
             return self._dead_letter(msg, DeadLetterReason.DECODE, f"unparseable: {exc}")
-        context = {"question_id": message.question_id, "run": message.run, "attempt": message.attempt}
         try:
             outputs = checked_outputs(self.handler(message, topic))
         except Exception as exc:  # noqa: BLE001 - classified by _after_failure
-            if not self._after_failure(msg, exc, context):
-                return None
-            log.error("handler failed repeatedly; dead-lettering", extra={**context, **self._where_extra(msg)})
-            reason = f"handler failed {MAX_HANDLER_FAILURES} times: {exc}"
-            return self._dead_letter(msg, DeadLetterReason.HANDLER, reason, message)
+            return self._after_handler_failure(msg, message, exc)
         return _Outcome(outputs, message)
+
+    def _after_handler_failure(self, msg: Message, message: PipelineMessage, exc: Exception) -> _Outcome | None:
+        """The handler raised on `message`: arrange its retry (None), or dead-letter it once given up on."""
+        context = {"question_id": message.question_id, "run": message.run, "attempt": message.attempt}
+        if not self._after_failure(msg, exc, context):
+            return None
+        log.error("handler failed repeatedly; dead-lettering", extra={**context, **self._where_extra(msg)})
+        reason = f"handler failed {MAX_HANDLER_FAILURES} times: {exc}"
+        return self._dead_letter(msg, DeadLetterReason.HANDLER, reason, message)
 
     def _outcome_of_dead_letter(self, msg: Message) -> _Outcome | None:
         topic = position(msg)[0]
@@ -468,7 +518,7 @@ class ConsumerRunner:
         """Arrange the retry a handler's exception calls for; True when the handler is given up on."""
         where = position(msg)
         if isinstance(exc, RetryLater):
-            self.paused.hold(self.consumer, msg, exc.due)
+            self._hold(msg, exc.due)
             return False
         if isinstance(exc, (TransientError, DeliveryError)):  # a dependency is down: wait it out
             self._wait_out_outage(msg, exc, context)
@@ -483,7 +533,7 @@ class ConsumerRunner:
             extra={**context, **self._where_extra(msg), "failures": failures, "error": str(exc)[:500]},
             exc_info=exc,
         )
-        self.paused.hold(self.consumer, msg, self.clock() + handler_backoff_s(failures))
+        self._hold(msg, self.clock() + handler_backoff_s(failures))
         return False
 
     def _dead_letter(
@@ -544,7 +594,11 @@ class ConsumerRunner:
             "dependency unavailable; will retry",
             extra={**context, **self._where_extra(msg), "outages": outages, "retry_in_s": delay, "error": str(exc)},
         )
-        self.paused.hold(self.consumer, msg, self.clock() + delay)
+        self._hold(msg, self.clock() + delay)
+
+    def _hold(self, msg: Message, until: float) -> None:
+        """Hand `msg` back at `until`: its partition pauses and rewinds to it (one message at a time)."""
+        self.paused.hold(self.consumer, msg, until)
 
     def _commit(self, where: Where) -> None:
         topic, partition, offset = where
@@ -579,7 +633,7 @@ class ConsumerRunner:
             surprises = self.outages.get(where, 0) + 1
             self.outages[where] = surprises
             metrics.CONSUMER_OUTAGES.labels(self.stage).inc()  # retried like an outage, so counted as one
-            self.paused.hold(self.consumer, msg, self.clock() + transient_backoff_s(surprises))
+            self._hold(msg, self.clock() + transient_backoff_s(surprises))
         except Exception:  # even that failed; the loop goes on (the offset stays uncommitted)
             log.exception("could not hold the message back")
 

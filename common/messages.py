@@ -68,6 +68,8 @@ class LLMError(BaseModel):
     status: int | None = None
     kind: ErrorKind
     message: str = ""
+    # The server's Retry-After on a 429/503, in seconds: the retry waits at least this long.
+    retry_after_s: float | None = Field(default=None, ge=0)
 
 
 class ScoreRecord(BaseModel):

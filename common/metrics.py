@@ -36,6 +36,7 @@ ATTEMPT_BUCKETS = (1, 2, 3, 4, 5)
 LLM_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 180, 300)
 END_TO_END_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
 SCORE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SCORE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # -- HTTP services (common.web) -------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
@@ -106,6 +107,12 @@ CONSUMER_REBUILDS = Counter(
 DEAD_LETTERS = Counter(
     "yahoo_dead_letters", "Messages sent to the dead-letter topic, by stage and reason category", ["stage", "reason"]
 )
+CONSUMER_IN_FLIGHT = Gauge(
+    "yahoo_consumer_in_flight", "Messages whose handler (an LLM call) is running now", ["service"]
+)
+LLM_CONCURRENCY_LIMIT = Gauge(
+    "yahoo_llm_concurrency_limit", "LLM calls an llm_consumer may have in flight now (adaptive)", ["service"]
+)
 WORKER_LAST_POLL = Gauge(
     "yahoo_worker_last_poll_timestamp_seconds", "Unix time of the poll loop's last turn (liveness)", ["service"]
 )
@@ -113,7 +120,13 @@ WORKER_LAST_POLL = Gauge(
 # -- score_validator -------------------------------------------------------------------------------
 SCORE_REQUESTS = Counter("yahoo_score_requests", "Score requests by outcome: ok, rejected, error", ["outcome"])
 SCORE_SECONDS = Histogram(
-    "yahoo_score_duration_seconds", "Time to score one request (one model call)", buckets=SCORE_SECONDS_BUCKETS
+    "yahoo_score_duration_seconds", "Time to score one request (queue and model call)", buckets=SCORE_SECONDS_BUCKETS
+)
+SCORE_BATCH_SIZE = Histogram(
+    "yahoo_score_batch_size", "Pairs per model call (concurrent requests coalesced)", buckets=SCORE_BATCH_BUCKETS
+)
+SCORE_REFERENCE_CACHE = Counter(
+    "yahoo_score_reference_cache", "Reference-embedding cache lookups, one per reference per batch", ["result"]
 )
 
 # -- kafka_ui (computed at scrape time) ------------------------------------------------------------

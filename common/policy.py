@@ -47,6 +47,17 @@ def classify_llm_failure(status: int | None, *, timed_out: bool = False, unreach
     return FailureKind.ERROR
 
 
+# A server's Retry-After is honoured up to this: a bogus header must not park a question for days.
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def retry_wait_s(configured_s: float, retry_after_s: float | None) -> float:
+    """A longer server-given delay (Retry-After, capped) wins over the configured one; a shorter does not."""
+    if retry_after_s is None:
+        return configured_s
+    return max(configured_s, min(retry_after_s, MAX_RETRY_AFTER_S))
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """One retry budget: overload (503, timeouts) or quota (429). Each counts only its own retries."""
@@ -67,9 +78,13 @@ class RetryPolicy:
     def exhausted(self, retries: int) -> bool:
         return retries >= self.max_retries
 
+    def wait_s(self, message: PipelineMessage) -> float:
+        """The delay before the retry: this policy's, or the server's Retry-After when that is longer."""
+        return retry_wait_s(self.delay_s(self.spent(message)), message.error.retry_after_s if message.error else None)
+
     def due_at(self, message: PipelineMessage) -> float:
         """When a failed call may be retried (epoch seconds): the delay counts from the failure."""
-        return message.updated_at.timestamp() + self.delay_s(self.spent(message))
+        return message.updated_at.timestamp() + self.wait_s(message)
 
     def retried(self, message: PipelineMessage, due: float) -> PipelineMessage:
         """The message to ask the LLM again: one more retry in total and in this kind's budget."""

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from common.settings import PipelineSettings
 
 
@@ -16,3 +18,6 @@ class LLMConsumerSettings(PipelineSettings):
     # Above zero so that a regenerated answer can differ from the rejected one.
     llm_temperature: float = 0.7
     llm_consumer_id: str = ""
+    # Most LLM calls one consumer keeps in flight; the adaptive limit (common.inflight.AimdLimiter)
+    # moves between 1 and this. 1: one call at a time, on the sequential runner of every consumer.
+    llm_max_concurrency: int = Field(default=16, ge=1, le=256)

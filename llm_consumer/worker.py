@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from common import metrics, topics
+from common.inflight import AimdLimiter
+from common.inflight_runner import InFlightRunner
 from common.kafka import ConsumerRunner, Output
 from common.ledger import CallLedger, QuestionState, SkipReason, skip_reason
 from common.messages import LLMError, PipelineMessage
-from common.policy import FAILURE_TOPICS, classify_llm_failure
+from common.policy import FAILURE_TOPICS, FailureKind, classify_llm_failure
 from llm_consumer.clients import LLMFailure, OllamaClient, OpenAIClient, build_prompt
 from llm_consumer.config import LLMConsumerSettings
 
@@ -23,11 +25,20 @@ SUCCESS = "success"  # the `kind` label of an answered call (failures carry thei
 StateLookup = Callable[[PipelineMessage], QuestionState | None]
 
 
-def llm_handler(client: OllamaClient | OpenAIClient, state_of: StateLookup = lambda _m: None):
+# Failures that mean "too much for the server": the adaptive limit shrinks on them.
+CONGESTION = frozenset({FailureKind.OVERLOAD, FailureKind.QUOTA})
+
+
+def llm_handler(
+    client: OllamaClient | OpenAIClient,
+    state_of: StateLookup = lambda _m: None,
+    limiter: AimdLimiter | None = None,
+):
     """questions-pending -> [(llm-requests, the request), (success or error topic, the result)].
 
     A message whose step was already answered, or whose question is already over, is skipped
-    before the LLM call (common.ledger): it produces nothing and is committed.
+    before the LLM call (common.ledger): it produces nothing and is committed. Each call's latency
+    or overload feeds `limiter` (many calls in flight; safe from the runner's threads).
     """
 
     def handle(message: PipelineMessage, _topic: str) -> list[Output]:
@@ -44,17 +55,33 @@ def llm_handler(client: OllamaClient | OpenAIClient, state_of: StateLookup = lam
             return []
         body = client.request_body(build_prompt(message.question_text))
         request = (topics.LLM_REQUESTS, message.evolve(llm_request={"url": client.url, "body": body}))
+        ticket = limiter.start() if limiter is not None else None
         started = time.monotonic()
         try:
             generation = client.generate(body)
         except LLMFailure as exc:
             kind = classify_llm_failure(exc.status, timed_out=exc.timed_out, unreachable=exc.unreachable)
             metrics.observe_llm_call(kind.value, time.monotonic() - started)
+            if limiter is not None and ticket is not None and kind in CONGESTION:
+                limiter.overloaded(ticket)
+                metrics.LLM_CONCURRENCY_LIMIT.labels(STAGE).set(limiter.limit)
             log.warning(
-                "LLM call failed", extra={**context, "kind": kind.value, "status": exc.status, "error": str(exc)}
+                "LLM call failed",
+                extra={
+                    **context,
+                    "kind": kind.value,
+                    "status": exc.status,
+                    "retry_after_s": exc.retry_after_s,
+                    "error": str(exc),
+                },
             )
-            error = LLMError(status=exc.status, kind=kind.value, message=str(exc)[:500])
+            error = LLMError(
+                status=exc.status, kind=kind.value, message=str(exc)[:500], retry_after_s=exc.retry_after_s
+            )
             return [request, (FAILURE_TOPICS[kind], message.evolve(error=error))]
+        if limiter is not None and ticket is not None:
+            limiter.succeeded(ticket, time.monotonic() - started)
+            metrics.LLM_CONCURRENCY_LIMIT.labels(STAGE).set(limiter.limit)
         log.info("LLM answered", extra={**context, "latency_ms": round(generation.latency_ms)})
         metrics.observe_llm_call(
             SUCCESS, generation.latency_ms / 1000, generation.prompt_tokens, generation.completion_tokens
@@ -92,12 +119,14 @@ def make_client(settings: LLMConsumerSettings) -> OllamaClient | OpenAIClient:
             settings.llm_temperature,
             settings.llm_num_predict,
             settings.openai_api_key,
+            connections=settings.llm_max_concurrency,
         )
     return OllamaClient(
         settings.ollama_url,
         settings.llm_model,
         settings.llm_timeout_s,
         {"temperature": settings.llm_temperature, "num_predict": settings.llm_num_predict},
+        connections=settings.llm_max_concurrency,
     )
 
 
@@ -108,15 +137,38 @@ def run(settings: LLMConsumerSettings) -> None:
     client_id = settings.llm_consumer_id or f"llm-consumer-{socket.gethostname()}-{os.getpid()}"
     ledger = CallLedger(settings.database_url, consumer=client_id)
     log.info("LLM backend", extra={"backend": settings.llm_backend, "url": client.url, "model": settings.llm_model})
+    options: dict = {
+        "group_id": topics.GROUP_LLM_CONSUMER,
+        "client_id": client_id,
+        "stage": STAGE,
+        "source_topics": [topics.QUESTIONS_PENDING],
+        "on_delivered": mark_answered_after_delivery(ledger),
+    }
+    ceiling = settings.llm_max_concurrency
+    metrics.LLM_CONCURRENCY_LIMIT.labels(STAGE).set(1)
     try:
-        ConsumerRunner.for_service(
-            settings,
-            group_id=topics.GROUP_LLM_CONSUMER,
-            client_id=client_id,
-            stage=STAGE,
-            source_topics=[topics.QUESTIONS_PENDING],
-            handler=llm_handler(client, ledger.state),
-            on_delivered=mark_answered_after_delivery(ledger),
-        ).run()
+        if ceiling == 1:  # one call at a time: the runner every other consumer uses
+            runner = ConsumerRunner.for_service(settings, handler=llm_handler(client, ledger.state), **options)
+        else:
+            limiter = AimdLimiter(ceiling)
+            runner = InFlightRunner.for_service(
+                settings,
+                handler=llm_handler(client, ledger.state, limiter),
+                max_in_flight=lambda: limiter.limit,
+                max_workers=ceiling,
+                drain_timeout_s=drain_timeout_s(settings.llm_timeout_s),
+                **options,
+            )
+        runner.run()
     finally:
         ledger.close()
+
+
+def drain_timeout_s(llm_timeout_s: float) -> float:
+    """SIGTERM: how long calls in flight may finish. Within the stop grace (LLM_TIMEOUT_S + 30 s,
+    scripts/platform/processes.py), leaving time to produce, commit and close."""
+    return llm_timeout_s + DRAIN_MARGIN_S
+
+
+# A call may take its connect timeout (5 s) plus LLM_TIMEOUT_S; 10 s of the grace remain after.
+DRAIN_MARGIN_S = 20.0

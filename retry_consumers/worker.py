@@ -44,7 +44,7 @@ def retry_handler(policy: RetryPolicy, clock: Callable[[], float] = time.time):
         due = policy.due_at(message)
         if clock() < due:
             raise RetryLater(due)
-        log.info("re-publishing after delay", extra={**context, "delay_s": policy.delay_s(spent)})
+        log.info("re-publishing after delay", extra={**context, "delay_s": policy.wait_s(message)})
         retried = policy.retried(message, due)
         metrics.observe_retry(policy.kind.value, retried.retry_count)
         return [(topics.QUESTIONS_PENDING, retried)]

@@ -27,7 +27,9 @@ def main() -> None:
 
         return create_app(settings, Scorer(settings))
 
-    serve(app_factory, settings.score_validator_port, bind_host=settings.bind_host, threads=4)
+    serve(
+        app_factory, settings.score_validator_port, bind_host=settings.bind_host, threads=settings.scorer_http_threads
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""HTTP API: GET /health, POST /score (one pair), POST /score/batch (many pairs, one model call)."""
+"""HTTP API: GET /health, POST /score (one pair), POST /score/batch (many pairs).
+
+Both queue their pairs for the scorer's micro-batching (score_validator.scorer): concurrent requests
+share model calls, and a pair's score never depends on what it was batched with.
+"""
 
 from __future__ import annotations
 

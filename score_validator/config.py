@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from common.settings import PipelineSettings
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -18,7 +20,17 @@ class ScoreValidatorSettings(PipelineSettings):
     # Rescale with a baseline of unrelated pairs so that 0 means "unrelated" (README, "Scores").
     bertscore_rescale: bool = True
     bertscore_baseline_path: str | None = None
-    torch_num_threads: int = 1
+    # None: every CPU the process may run on (its affinity mask: a container's cpuset counts).
+    torch_num_threads: int | None = None
+    # Micro-batching (score_validator.batching): concurrent pairs leave in one model call when
+    # SCORER_MAX_BATCH are queued, or when the oldest has waited SCORER_BATCH_WINDOW_MS.
+    scorer_max_batch: int = Field(default=32, ge=1)
+    scorer_batch_window_ms: float = Field(default=5.0, ge=0)
+    # Reference embeddings kept for regenerations (LRU; about 0.15 MB per 100-token reference).
+    scorer_reference_cache_mb: float = Field(default=64.0, ge=0)
+    # gunicorn threads: requests in flight at once, and so the largest batch HTTP alone can form
+    # (the Flink job sends SCORER_CONCURRENCY per task).
+    scorer_http_threads: int = Field(default=32, ge=1)
     max_text_chars: int = 20_000
     max_batch_pairs: int = 256
     max_body_bytes: int = 4_000_000

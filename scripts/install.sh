@@ -35,6 +35,7 @@ install_system_packages() {
   command -v npm >/dev/null || missing+=(npm)
   # actionlint runs shellcheck over the workflows' run: blocks when it is on PATH.
   command -v shellcheck >/dev/null || missing+=(shellcheck)
+  command -v wrk >/dev/null || missing+=(wrk)  # make bench drives POST /query with it (benchmarks/e2e.py)
   # Without their recommendations: Prometheus's would add node-exporter (a system service on :9100).
   local lean=()
   command -v prometheus >/dev/null && command -v promtool >/dev/null || lean+=(prometheus)

@@ -3,6 +3,12 @@
 The only stand-in the test suite uses (for the LLM). A script maps a marker that appears in the
 question to a list of actions, consumed one per call: an answer, an HTTP status (503, 429, 500),
 or a delay. Every call is recorded with its time, so tests can check retry gaps.
+
+Serving capacity, for the benchmarks (benchmarks/e2e.py): `latency_s` is added to every call (a
+model that takes that long per answer), and `slots` bounds how many calls are answered at once
+(None: any number, the default). A call beyond the slots waits in a queue for one (`overflow="queue"`,
+as Ollama queues behind OLLAMA_NUM_PARALLEL) or is refused at once with 503 and `Retry-After: 1`
+(`overflow="503"`, an overloaded server). The defaults keep the tests' fake instant and unbounded.
 """
 
 from __future__ import annotations
@@ -42,6 +48,39 @@ class FakeOllama:
     scripts: dict[str, list] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    latency_s: float = 0.0
+    slots: int | None = None
+    overflow: str = "queue"  # or "503"
+    refused: int = 0  # calls refused for want of a free slot
+    busy: int = 0  # calls being answered now
+    peak_busy: int = 0
+    _slot_free: threading.Condition = field(default_factory=threading.Condition)
+
+    def serve_like(self, *, latency_s: float = 0.0, slots: int | None = None, overflow: str = "queue") -> None:
+        """Change the serving capacity (the benchmarks switch between an instant and a slow LLM)."""
+        if overflow not in ("queue", "503"):
+            raise ValueError(f"overflow must be 'queue' or '503', not {overflow!r}")
+        with self._slot_free:
+            self.latency_s, self.slots, self.overflow = latency_s, slots, overflow
+            self.peak_busy = self.busy
+            self._slot_free.notify_all()
+
+    def take_slot(self) -> bool:
+        """A slot to answer in (waits for one when queueing); False: refuse the call with 503."""
+        with self._slot_free:
+            while self.slots is not None and self.busy >= self.slots:
+                if self.overflow == "503":
+                    self.refused += 1
+                    return False
+                self._slot_free.wait()
+            self.busy += 1
+            self.peak_busy = max(self.peak_busy, self.busy)
+            return True
+
+    def free_slot(self) -> None:
+        with self._slot_free:
+            self.busy -= 1
+            self._slot_free.notify()
 
     def script(self, marker: str, *actions) -> None:
         with self.lock:
@@ -85,9 +124,27 @@ def make_handler(fake: FakeOllama):
             else:
                 reply_json(self, 404, {"error": "not found"})
                 return
+            if not fake.take_slot():
+                self.refuse_busy()
+                return
+            try:
+                self.answer(body, prompt)
+            finally:
+                fake.free_slot()
+
+        def refuse_busy(self) -> None:
+            data = json.dumps({"error": "server busy: every slot is answering"}).encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Retry-After", "1")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def answer(self, body: dict, prompt: str) -> None:
             action = fake.next_action(prompt)
-            if action.delay_s:
-                time.sleep(action.delay_s)
+            if action.delay_s or fake.latency_s:
+                time.sleep(action.delay_s + fake.latency_s)
             if isinstance(action, Fail):
                 reply_json(self, action.status, {"error": f"scripted failure {action.status}"})
             elif self.path == "/api/generate":

@@ -71,3 +71,24 @@ def test_odd_text_gets_a_score_or_a_4xx_never_a_5xx(stack):
             resp = requests.post(f"{stack.scorer_url}/score", json=pair, timeout=60)
             assert resp.status_code < 500, (pair["candidate"][:10], resp.status_code, resp.text[:200])
             assert resp.status_code == 200 or resp.json()["error"]
+
+
+def test_concurrent_requests_share_model_calls_and_keep_their_own_scores(stack):
+    """Eight in flight, as the Flink job sends them: each gets the score it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    candidates = [f"Santiago is the capital of Chile, said speaker {i}." for i in range(24)] + [UNRELATED["candidate"]]
+    pairs = [{"candidate": c, "reference": PAIR["reference"]} for c in candidates]
+    alone = [requests.post(f"{stack.scorer_url}/score", json=p, timeout=30).json()["f1"] for p in pairs]
+    before = batch_size_count(stack)
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: requests.post(f"{stack.scorer_url}/score", json=p, timeout=60), pairs))
+    assert all(r.status_code == 200 for r in together)
+    assert max(abs(r.json()["f1"] - f1) for r, f1 in zip(together, alone, strict=True)) < 1e-4
+    assert batch_size_count(stack) - before < len(pairs)  # fewer model calls than requests
+
+
+def batch_size_count(stack) -> float:
+    text = requests.get(f"{stack.scorer_url}/metrics/prometheus", timeout=5).text
+    [line] = [x for x in text.splitlines() if x.startswith("yahoo_score_batch_size_count")]
+    return float(line.split()[-1])
