@@ -22,6 +22,9 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common import topics
+from common.policy import FailureKind
+
 if TYPE_CHECKING:
     from common.messages import PipelineMessage
     from common.settings import ServiceSettings
@@ -191,9 +194,9 @@ def observe_applied_outcome(message: PipelineMessage, status: str, now: datetime
 # event: a series born at 1 hides that event (one retry would chart as none). So each process
 # creates, at start, the label sets it will count.
 
-LLM_CALL_KINDS = ("success", "overload", "quota", "error")  # "success" + common.policy.FailureKind
+LLM_CALL_KINDS = ("success", *(kind.value for kind in FailureKind))
 ACCEPTED_OUTCOMES = ("cached", "stored", "published", "pending", "rejected", "unavailable")
-TERMINAL_STATUSES = ("validated", "low_quality", "failed")
+TERMINAL_STATUSES = tuple(sorted(status.value for status in topics.TERMINAL_STATUSES))
 OUTCOME_RESULTS_COUNTED = ("applied", "duplicate")
 
 
