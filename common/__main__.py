@@ -15,7 +15,7 @@ import time
 
 from confluent_kafka import KafkaException
 
-from common.kafka import ensure_topics
+from common.kafka import ensure_topics, grow_partitions
 from common.logging import configure_logging
 from common.operations import (
     Progress,
@@ -34,8 +34,11 @@ def init_topics(settings: ServiceSettings, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            created = ensure_topics(settings.kafka_bootstrap_servers)
-            log.info("topics ready", extra={"created": created})
+            created = ensure_topics(settings.kafka_bootstrap_servers, partitions=settings.kafka_partitions)
+            grown = grow_partitions(settings.kafka_bootstrap_servers, partitions=settings.kafka_partitions)
+            log.info(
+                "topics ready", extra={"created": created, "grown": grown, "partitions": settings.kafka_partitions}
+            )
             return
         except KafkaException as exc:
             if time.monotonic() > deadline:

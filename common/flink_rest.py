@@ -29,6 +29,36 @@ def job_state(rest_url: str, job_id: str, timeout_s: float = 5.0) -> str | None:
         return None
 
 
+def _get(rest_url: str, path: str, timeout_s: float) -> dict:
+    with urllib.request.urlopen(f"{rest_url.rstrip('/')}{path}", timeout=timeout_s) as resp:
+        return json.load(resp)
+
+
+@dataclass(frozen=True)
+class JobSpread:
+    """Where a job runs: each vertex's parallelism and the TaskManagers hosting its subtasks."""
+
+    parallelism: dict[str, int]
+    taskmanagers: dict[str, frozenset[str]]
+
+    def spans(self, parallelism: int, taskmanagers: int) -> bool:
+        """Every vertex at `parallelism`, and at least one spread over `taskmanagers` TaskManagers."""
+        at_parallelism = bool(self.parallelism) and all(p == parallelism for p in self.parallelism.values())
+        widest = max((len(tms) for tms in self.taskmanagers.values()), default=0)
+        return at_parallelism and widest >= taskmanagers
+
+
+def job_spread(rest_url: str, job_id: str, timeout_s: float = 5.0) -> JobSpread:
+    """GET /jobs/<id> and each vertex's /taskmanagers (Flink's REST API)."""
+    vertices = _get(rest_url, f"/jobs/{job_id}", timeout_s)["vertices"]
+    parallelism, hosts = {}, {}
+    for vertex in vertices:
+        parallelism[vertex["name"]] = int(vertex["parallelism"])
+        listed = _get(rest_url, f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers", timeout_s)
+        hosts[vertex["name"]] = frozenset(str(tm["taskmanager-id"]) for tm in listed.get("taskmanagers", []))
+    return JobSpread(parallelism, hosts)
+
+
 def score_job_active(jobs: list[dict]) -> bool:
     return any(j["name"] == SCORE_JOB_NAME and j["state"] in ACTIVE_STATES for j in jobs)
 

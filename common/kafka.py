@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from common import metrics, topics
 from common.messages import DeadLetter, PipelineMessage
@@ -746,3 +746,22 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     return [t.topic for t in wanted]
+
+
+def grow_partitions(
+    bootstrap_servers: str, names: Iterable[str] = topics.ALL_TOPICS, partitions: int = DEFAULT_PARTITIONS
+) -> list[str]:
+    """Give every topic with fewer partitions `partitions` (KAFKA_PARTITIONS raised for more consumers
+    or Flink subtasks); returns the ones grown. Kafka never shrinks a topic: more are left as they are.
+    A question's next message may then land on another partition than its last one; a question has
+    one message in the pipeline at a time, so its order holds (run it while the pipeline is idle)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    listed = admin.list_topics(timeout=15).topics
+    grow = [
+        NewPartitions(name, partitions)
+        for name in names
+        if name in listed and len(listed[name].partitions) < partitions
+    ]
+    for future in admin.create_partitions(grow, request_timeout=15).values() if grow else []:
+        future.result()
+    return [g.topic for g in grow]

@@ -65,6 +65,12 @@ class StackSettings(EnvSettings):
     prometheus_port: int = 9090
     prometheus_url: str = Field(default="", validate_default=True)
     dashboard_port: int = 8090
+    # Partitions of every topic: the most consumers of a group (LLM consumers, Flink subtasks) that
+    # share the work. Raised on an existing stack, topics grow at the next start (never shrink).
+    kafka_partitions: int = Field(default=3, ge=1, le=64)
+    # Flink TaskManagers natively (each a JVM with 2 slots; compose: `--scale flink-taskmanager=N`).
+    # The job's parallelism is FLINK_PARALLELISM (flink_job/config.py); README, "Scaling out".
+    taskmanagers: int = Field(default=1, ge=1, le=8)
     # The native Redis's cache size and eviction policy (compose: redis/redis.conf).
     redis_maxmemory: str = "128mb"
     redis_maxmemory_policy: str = "allkeys-lru"

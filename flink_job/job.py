@@ -20,7 +20,7 @@ import argparse
 import logging
 import sys
 
-from pyflink.common import Row, Time, Types, WatermarkStrategy
+from pyflink.common import Configuration, Row, Time, Types, WatermarkStrategy
 from pyflink.common.serialization import SerializationSchema
 from pyflink.datastream import CheckpointingMode, StreamExecutionEnvironment
 from pyflink.datastream.async_data_stream import AsyncDataStream
@@ -193,11 +193,17 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: JobSettings) -> No
     routed.sink_to(sink).name("kafka sink").uid("kafka-sink")
 
 
+def python_runtime_config(settings: JobSettings) -> Configuration:
+    config = Configuration()
+    config.set_integer("python.fn-execution.bundle.time", settings.flink_python_bundle_time_ms)
+    return config
+
+
 def main(argv: list[str]) -> None:
     argparse.ArgumentParser(prog="flink_job", description=__doc__).parse_known_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
     settings = JobSettings()
-    env = StreamExecutionEnvironment.get_execution_environment()
+    env = StreamExecutionEnvironment.get_execution_environment(python_runtime_config(settings))
     env.set_parallelism(settings.flink_parallelism)
     env.enable_checkpointing(settings.flink_checkpoint_interval_ms, CheckpointingMode.AT_LEAST_ONCE)
     # Kept when the job stops (JobManager lost, suspended, cancelled): the watchdog resubmits the

@@ -20,4 +20,4 @@ class LLMConsumerSettings(PipelineSettings):
     llm_consumer_id: str = ""
     # Most LLM calls one consumer keeps in flight; the adaptive limit (common.inflight.AimdLimiter)
     # moves between 1 and this. 1: one call at a time, on the sequential runner of every consumer.
-    llm_max_concurrency: int = Field(default=16, ge=1, le=256)
+    llm_max_concurrency: int = Field(default=32, ge=1, le=256)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common.flink_rest import SCORE_JOB_NAME, list_jobs, score_job_state
+from common.flink_rest import MISSING, SCORE_JOB_NAME, job_spread, list_jobs, score_job
 from common.topics import ALL_TOPICS, Status
 
 # The README's example question, as the smoke test sends it to `make up`.
@@ -91,17 +91,24 @@ def http_json(method: str, url: str, body: dict[str, Any] | None = None, timeout
         return err.code, json.loads(err.read() or b"null")
 
 
-def check_flink_job(flink_url: str, deadline_s: float, interval_s: float = 5) -> None:
+def check_flink_job(
+    flink_url: str, deadline_s: float, interval_s: float = 5, parallelism: int = 1, taskmanagers: int = 1
+) -> None:
+    """Poll until the score job is RUNNING with every vertex at `parallelism` over `taskmanagers`."""
+
     def running() -> str | None:
         try:
-            state = score_job_state(list_jobs(flink_url))
+            job = score_job(list_jobs(flink_url))
+            state = str(job["state"]) if job else MISSING
+            spread = job_spread(flink_url, job["jid"]) if job and state == "RUNNING" else None
         except OSError as err:
             print(f"flink: {err}")
             return None
-        print(f"flink: {SCORE_JOB_NAME!r} is {state}")
-        return state if state == "RUNNING" else None
+        print(f"flink: {SCORE_JOB_NAME!r} is {state}" + (f", {spread}" if spread else ""))
+        return state if spread is not None and spread.spans(parallelism, taskmanagers) else None
 
-    poll(running, deadline_s, interval_s, f"{SCORE_JOB_NAME!r} to be RUNNING")
+    what = f"{SCORE_JOB_NAME!r} to be RUNNING at parallelism {parallelism} on {taskmanagers} TaskManager(s)"
+    poll(running, deadline_s, interval_s, what)
 
 
 def send_seed_question(
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     flink = commands.add_parser("flink-job", help="poll the Flink REST API until the score job is RUNNING")
     flink.add_argument("--flink-url", default="http://localhost:8081")
     flink.add_argument("--deadline", type=float, default=300)
+    flink.add_argument("--parallelism", type=int, default=1, help="every vertex at this parallelism")
+    flink.add_argument("--taskmanagers", type=int, default=1, help="its subtasks spread over this many")
     seed = commands.add_parser("seed-question", help="POST the README's example, poll /status to a terminal one")
     seed.add_argument("--storage-url", default="http://localhost:5001")
     seed.add_argument("--deadline", type=float, default=600)
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"missing topics: {missing}")
         print(f"all {len(ALL_TOPICS)} topics exist")
     elif args.command == "flink-job":
-        check_flink_job(args.flink_url, args.deadline)
+        check_flink_job(args.flink_url, args.deadline, parallelism=args.parallelism, taskmanagers=args.taskmanagers)
     elif args.command == "prometheus-targets":
         check_prometheus_targets(args.prometheus_url, args.deadline)
     else:

@@ -47,6 +47,7 @@ from scripts.platform.processes import (
     EMBEDDED_MODEL_NAME,
     PLATFORM,
     SERVICES,
+    platform_programs,
     running_processes,
     start_programs,
     stop_plan,
@@ -81,7 +82,7 @@ def up(layout: Layout, platform_only: bool) -> None:
         wait_for(
             "supervisord", lambda: supervisorctl(layout, "status", check=False).returncode in (0, 3), 20, layout=layout
         )
-    start_programs(layout, PLATFORM)
+    start_programs(layout, platform_programs(layout))
     wait_for("Kafka", lambda: kafka_ready(layout), 120, layout=layout)
     wait_for("PostgreSQL", lambda: postgres_ready(layout), 60, layout=layout)
     wait_for("Redis", lambda: redis_ready(layout), 30, layout=layout)

@@ -56,7 +56,7 @@ def write_kafka_config(layout: Layout) -> Path:
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={layout.path('kafka', 'data')}",
                 "auto.create.topics.enable=false",
-                "num.partitions=3",
+                f"num.partitions={layout.settings.kafka_partitions}",
                 "offsets.topic.replication.factor=1",
                 "transaction.state.log.replication.factor=1",
                 "transaction.state.log.min.isr=1",
@@ -148,6 +148,8 @@ def write_flink_config(layout: Layout) -> Path:
         "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "localhost",
         "taskmanager.numberOfTaskSlots": 2,
+        # With TASKMANAGERS > 1, a job at parallelism N takes slots on every TaskManager, not all on one.
+        "taskmanager.load-balance.mode": "SLOTS",
         "taskmanager.memory.process.size": "2048m",
         # Python workers allocate direct buffers; without this they die with "Direct buffer memory".
         "taskmanager.memory.task.off-heap.size": "256m",

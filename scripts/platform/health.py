@@ -68,7 +68,7 @@ def redis_ready(layout: Layout) -> bool:
 
 
 def flink_ready(layout: Layout) -> bool:
-    return http_json(f"{layout.flink_rest_url}/overview")["taskmanagers"] >= 1
+    return http_json(f"{layout.flink_rest_url}/overview")["taskmanagers"] >= layout.taskmanagers
 
 
 def http_ok(url: str) -> bool:

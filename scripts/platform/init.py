@@ -115,7 +115,11 @@ def init_database(layout: Layout) -> None:
 
 
 def init_topics(layout: Layout) -> None:
-    from common.kafka import ensure_topics
+    from common.kafka import ensure_topics, grow_partitions
 
-    created = ensure_topics(layout.kafka_bootstrap)
+    partitions = layout.settings.kafka_partitions
+    created = ensure_topics(layout.kafka_bootstrap, partitions=partitions)
     log(f"topics: created {', '.join(created)}" if created else "topics: all present")
+    grown = grow_partitions(layout.kafka_bootstrap, partitions=partitions)
+    if grown:
+        log(f"topics: grown to {partitions} partitions (KAFKA_PARTITIONS): {', '.join(grown)}")

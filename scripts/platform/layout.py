@@ -99,6 +99,10 @@ class Layout:
         return value
 
     @property
+    def taskmanagers(self) -> int:
+        return self.settings.taskmanagers
+
+    @property
     def bind_host(self) -> str:
         """Where every port of the stack listens: loopback unless BIND_HOST says otherwise."""
         return self.settings.bind_host
@@ -200,7 +204,7 @@ class Layout:
 
     def ports(self) -> dict[str, int]:
         """Every port a running stack listens on, by what listens there."""
-        from scripts.platform.observability import METRICS_PORTS  # imports this module
+        from scripts.platform.observability import metrics_ports  # imports this module
 
         return {
             "kafka": self.kafka_port,
@@ -213,5 +217,5 @@ class Layout:
             "kafka-ui": self.kafka_ui_port,
             "prometheus": self.prometheus_port,
             "dashboard": self.dashboard_port,
-            **{f"{name} metrics": port for name, port in METRICS_PORTS.items()},
+            **{f"{name} metrics": port for name, port in metrics_ports(self.taskmanagers).items()},
         }

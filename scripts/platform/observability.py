@@ -29,8 +29,26 @@ COMPOSE_METRICS_PORT = 9100
 # JVMs on one machine, so each gets a fixed port of its own (a range would make the port depend on
 # which starts first). In compose both use the JobManager's, each in its own container.
 FLINK_REPORTER_PORTS = {"flink-jobmanager": 9249, "flink-taskmanager": 9250}
-# The metrics ports every running stack listens on (the backup scorer's only when it runs).
-METRICS_PORTS = {**WORKER_METRICS_PORTS, **FLINK_REPORTER_PORTS}
+
+
+def taskmanager_programs(taskmanagers: int) -> list[str]:
+    """flink-taskmanager, then flink-taskmanager-2, -3...: the first keeps the name of a one-TM stack."""
+    return ["flink-taskmanager", *(f"flink-taskmanager-{i}" for i in range(2, taskmanagers + 1))]
+
+
+def metrics_ports(taskmanagers: int) -> dict[str, int]:
+    """The metrics ports every running stack listens on (the backup scorer's only when it runs)."""
+    return {**WORKER_METRICS_PORTS, **flink_reporter_ports(taskmanagers)}
+
+
+def flink_reporter_ports(taskmanagers: int) -> dict[str, int]:
+    """Each Flink JVM's reporter port: the JobManager's, then one per TaskManager from 9250 up."""
+    first_tm = FLINK_REPORTER_PORTS["flink-taskmanager"]
+    return {
+        "flink-jobmanager": FLINK_REPORTER_PORTS["flink-jobmanager"],
+        **{name: first_tm + i for i, name in enumerate(taskmanager_programs(taskmanagers))},
+    }
+
 
 SCRAPE_INTERVAL = "5s"  # the dashboard should feel live
 SCRAPE_TIMEOUT = "4s"
@@ -55,6 +73,8 @@ class ScrapeTarget:
     path: str = "/metrics"
     compose_service: str | None = None
     compose_port: int = COMPOSE_METRICS_PORT
+    # Compose may run several replicas of it (`--scale`): found by DNS, each one scraped.
+    scalable: bool = False
 
 
 def scrape_targets(layout: Layout, *, backup_scorer: bool = False, embedded_llm: bool = False) -> list[ScrapeTarget]:
@@ -80,12 +100,7 @@ def scrape_targets(layout: Layout, *, backup_scorer: bool = False, embedded_llm:
         worker("retry-consumer", "retry-overload-consumer", "retry-overload-consumer"),
         worker("retry-consumer", "retry-quota-consumer", "retry-quota-consumer"),
         worker("watchdog", "flink-job-watchdog", "flink-job-submit"),
-        *(
-            ScrapeTarget(
-                "flink", program, port, compose_service=program, compose_port=FLINK_REPORTER_PORTS["flink-jobmanager"]
-            )
-            for program, port in FLINK_REPORTER_PORTS.items()
-        ),
+        *(flink_target(program, port) for program, port in flink_reporter_ports(layout.taskmanagers).items()),
         ScrapeTarget(
             "prometheus", "prometheus", layout.prometheus_port, compose_service="prometheus", compose_port=9090
         ),
@@ -96,6 +111,20 @@ def scrape_targets(layout: Layout, *, backup_scorer: bool = False, embedded_llm:
         llm_port = urlparse(layout.ollama_url).port or 11434
         targets.append(ScrapeTarget("local-llm", "local-llm", llm_port, "/metrics/prometheus"))
     return targets
+
+
+def flink_target(program: str, port: int) -> ScrapeTarget:
+    """A Flink JVM's reporter. In compose every TaskManager is a replica of one service, on the
+    JobManager's port in a container of its own."""
+    taskmanager = program.startswith("flink-taskmanager")
+    return ScrapeTarget(
+        "flink",
+        "flink-taskmanager" if taskmanager else program,
+        port,
+        compose_service="flink-taskmanager" if taskmanager else program,
+        compose_port=FLINK_REPORTER_PORTS["flink-jobmanager"],
+        scalable=taskmanager,
+    )
 
 
 def _by_job(targets: Iterable[ScrapeTarget]) -> dict[str, list[ScrapeTarget]]:
@@ -142,7 +171,7 @@ def _compose_job(job: str, members: list[ScrapeTarget]) -> dict | None:
         # Several native processes behind one compose service are its replicas: one DNS name
         # that resolves to every container, so each replica is scraped (a static name: one of them).
         copies = sum(1 for t in present if (t.compose_service, t.compose_port) == address)
-        (replicated if copies > 1 else static).append(target)
+        (replicated if copies > 1 or target.scalable else static).append(target)
     if static:
         config["static_configs"] = [
             {"targets": [f"{t.compose_service}:{t.compose_port}"], "labels": _labels(t, path)} for t in static

@@ -22,9 +22,10 @@ from scripts.platform.config import (
 from scripts.platform.layout import PYTHON, ROOT, STATE, VENV, Layout, running_as_root
 from scripts.platform.observability import (
     BACKUP_SCORER_METRICS_PORT,
-    FLINK_REPORTER_PORTS,
     WORKER_METRICS_PORTS,
+    flink_reporter_ports,
     prometheus_command,
+    taskmanager_programs,
     write_prometheus_config,
 )
 
@@ -127,9 +128,17 @@ CONSUMER_STOP_MARGIN_S = 30
 DEFAULT_STOP_GRACE_S = 30
 
 
+def platform_programs(layout: Layout) -> list[str]:
+    """PLATFORM with every TaskManager the stack runs (TASKMANAGERS)."""
+    taskmanagers = taskmanager_programs(layout.taskmanagers)
+    return [p for name in PLATFORM for p in (taskmanagers if name == "flink-taskmanager" else [name])]
+
+
 def stop_tier(name: str) -> int:
     """The tier of a program ('llm-consumer') or of one of its processes ('llm-consumer:llm-consumer-0')."""
     program_name = name.split(":", 1)[0]
+    if program_name.startswith("flink-taskmanager"):
+        program_name = "flink-taskmanager"  # flink-taskmanager-2... stop with the first
     return next((i for i, names in enumerate(STOP_TIERS) if program_name in names), 0)
 
 
@@ -248,13 +257,13 @@ def write_supervisor_config(layout: Layout, embedded_llm: bool) -> Path:
             # One config for both JVMs; the Prometheus reporter's port as a dynamic property of each.
             program(
                 name,
-                f"{flink_bin}/{name.removeprefix('flink-')}.sh start-foreground "
-                f"-D metrics.reporter.prom.port={FLINK_REPORTER_PORTS[name]}",
+                f"{flink_bin}/{'jobmanager' if name == 'flink-jobmanager' else 'taskmanager'}.sh start-foreground "
+                f"-D metrics.reporter.prom.port={port}",
                 layout,
                 environment={**flink_env, **loopback_only},
                 stopwaitsecs=60,
             )
-            for name in ("flink-jobmanager", "flink-taskmanager")
+            for name, port in flink_reporter_ports(layout.taskmanagers).items()
         ),
         program("prometheus", prometheus_command(layout, prometheus_conf, prometheus_binary()), layout),
         program("score-validator", f"{py} -m score_validator serve", layout, environment=service_env),

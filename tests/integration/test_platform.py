@@ -142,3 +142,15 @@ def test_flink_cluster_runs_a_pyflink_kafka_job(stack):
 def test_score_validator_job_is_running(stack):
     jobs = list_jobs(stack.flink_url)
     assert any(j["name"] == SCORE_JOB_NAME and j["state"] == "RUNNING" for j in jobs)
+
+
+def test_topics_grow_to_kafka_partitions_and_never_shrink(stack):
+    from common.kafka import ensure_topics, grow_partitions
+
+    small, large = f"it-grow-{uuid.uuid4().hex[:8]}", f"it-keep-{uuid.uuid4().hex[:8]}"
+    assert set(ensure_topics(stack.kafka_bootstrap, [small], partitions=1)) == {small}
+    ensure_topics(stack.kafka_bootstrap, [large], partitions=5)
+    assert grow_partitions(stack.kafka_bootstrap, [small, large], partitions=3) == [small]
+    listed = AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10).topics
+    assert (len(listed[small].partitions), len(listed[large].partitions)) == (3, 5)
+    assert grow_partitions(stack.kafka_bootstrap, [small, large], partitions=3) == []  # already there

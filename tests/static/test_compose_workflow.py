@@ -121,6 +121,8 @@ class FakeFleet(BaseHTTPRequestHandler):
 
     statuses: ClassVar[list[str]] = []
     job_states: ClassVar[list[str]] = []
+    # Flink's /jobs/<id> and its vertices' /taskmanagers: (vertex, parallelism, TaskManager ids).
+    vertices: ClassVar[list[tuple[str, int, list[str]]]] = [("score and route", 1, ["tm-1"])]
 
     def log_message(self, *args: object) -> None:
         pass
@@ -132,7 +134,13 @@ class FakeFleet(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/jobs/overview":
             state = self.job_states.pop(0) if len(self.job_states) > 1 else self.job_states[0]
-            reply_json(self, 200, {"jobs": [{"name": SCORE_JOB_NAME, "state": state, "start-time": 1}]})
+            reply_json(self, 200, {"jobs": [{"jid": "j1", "name": SCORE_JOB_NAME, "state": state, "start-time": 1}]})
+        elif self.path == "/jobs/j1":
+            vertices = [{"id": f"v{i}", "name": name, "parallelism": p} for i, (name, p, _) in enumerate(self.vertices)]
+            reply_json(self, 200, {"vertices": vertices})
+        elif self.path.startswith("/jobs/j1/vertices/"):
+            _, _, hosts = self.vertices[int(self.path.split("/")[4].removeprefix("v"))]
+            reply_json(self, 200, {"taskmanagers": [{"taskmanager-id": tm} for tm in hosts]})
         else:
             status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
             reply_json(self, 200, {"question_id": "q1", "status": status})
@@ -171,6 +179,19 @@ def test_flink_job_waits_for_running(fleet):
     FakeFleet.job_states = ["FAILED"]
     with pytest.raises(SystemExit, match="RUNNING"):
         compose_check.check_flink_job(fleet, deadline_s=0, interval_s=0.01)
+
+
+def test_flink_job_waits_until_it_spans_the_parallelism_and_taskmanagers_asked_for(fleet):
+    FakeFleet.job_states = ["RUNNING"]
+    FakeFleet.vertices = [("source", 2, ["tm-1", "tm-2"]), ("score and route", 2, ["tm-1", "tm-2"])]
+    compose_check.check_flink_job(fleet, deadline_s=10, interval_s=0.01, parallelism=2, taskmanagers=2)
+    FakeFleet.vertices = [("source", 2, ["tm-1"]), ("score and route", 2, ["tm-1"])]  # both on one TaskManager
+    with pytest.raises(SystemExit, match="2 TaskManager"):
+        compose_check.check_flink_job(fleet, deadline_s=0, interval_s=0.01, parallelism=2, taskmanagers=2)
+    FakeFleet.vertices = [("source", 1, ["tm-1"]), ("score and route", 1, ["tm-2"])]  # spread, yet at 1
+    with pytest.raises(SystemExit, match="parallelism 2"):
+        compose_check.check_flink_job(fleet, deadline_s=0, interval_s=0.01, parallelism=2, taskmanagers=2)
+    FakeFleet.vertices = [("score and route", 1, ["tm-1"])]
 
 
 def test_prometheus_targets_names_every_target_that_is_not_up():

@@ -3,8 +3,11 @@ Retry-After (a longer server-given delay wins over the configured retry delay)."
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import statistics
 import threading
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -106,6 +109,59 @@ def test_on_a_parallel_server_it_finds_the_parallelism_up_to_its_bound():
     seen = run_rounds(limiter, 40, lambda n, c: 1.0)  # any number at once, 1 s each
     assert limiter.limit == 32 and seen["refused"] == 0
     assert seen["limits"][:6] == [1, 2, 4, 8, 16, 32]  # slow start: doubles after each round
+
+
+def test_millisecond_jitter_of_a_fast_server_is_not_congestion():
+    limiter = AimdLimiter(32)
+    jitter = iter([0.002, 0.006] * 1000)  # triples from one call to the next, never queues
+    seen = run_rounds(limiter, 40, lambda n, c: next(jitter))
+    assert seen["limits"][:6] == [1, 2, 4, 8, 16, 32] and limiter.limit == 32
+
+
+def test_a_slower_server_that_queues_still_reads_as_congestion():
+    limiter = AimdLimiter(32)
+    seen = run_rounds(limiter, 200, lambda n, c: 0.05 * c)  # serialises: c at once take c times as long
+    assert max(seen["limits"][100:]) <= 8  # 0.05 s calls queued by 4+ rise by more than min_rise_s
+
+
+def share_a_queueing_server(limiters: list[AimdLimiter], calls: int, slots: int) -> list[int]:
+    """Consumers, each keeping its limit of calls in flight, calling one server that runs `slots` calls
+    at once (about 1 s each) and queues the rest in arrival order: each consumer sees the queue every
+    consumer fills, at its own moments. Returns the server's busy slots after each call, `calls` in all."""
+    now, order = 0.0, itertools.count()
+    queue: deque = deque()  # (consumer, ticket, sent at)
+    running: list = []  # heap of (finishes at, order, consumer, ticket, sent at)
+    in_flight = [0] * len(limiters)
+    busy = []
+
+    def send_up_to_limit(i: int) -> None:
+        while in_flight[i] < limiters[i].limit:
+            in_flight[i] += 1
+            queue.append((i, limiters[i].start(), now))
+
+    def serve_queued() -> None:
+        while queue and len(running) < slots:
+            i, ticket, sent = queue.popleft()
+            n = next(order)
+            heapq.heappush(running, (now + 1.0 + 0.01 * (n % 7), n, i, ticket, sent))  # a little jitter
+
+    for i in range(len(limiters)):
+        send_up_to_limit(i)
+    serve_queued()
+    for _ in range(calls):
+        now, _, i, ticket, sent = heapq.heappop(running)
+        limiters[i].succeeded(ticket, now - sent)
+        in_flight[i] -= 1
+        send_up_to_limit(i)
+        serve_queued()
+        busy.append(len(running))
+    return busy
+
+
+def test_two_consumers_sharing_a_server_keep_its_slots_busy():
+    # Each sees the queue the other fills: halving on that emptied the server, measured on the stack.
+    busy = share_a_queueing_server([AimdLimiter(32), AimdLimiter(32)], 20_000, slots=32)
+    assert statistics.mean(busy[2000:]) / 32 >= 0.85
 
 
 def test_on_a_server_with_eight_slots_it_settles_around_eight():

@@ -324,3 +324,29 @@ def test_flink_runs_the_prometheus_reporter(layout_for):
     assert config["metrics.reporter.prom.factory.class"] == stack_config.PROMETHEUS_REPORTER_FACTORY
     plugin = stack_config.pyflink_home() / "plugins" / "metrics-prometheus"
     assert list(plugin.glob("flink-metrics-prometheus-*.jar")), f"no reporter in {plugin} (scripts/install.sh)"
+
+
+def test_two_taskmanagers_run_as_two_programs_each_with_its_reporter_port_and_stop_together(layout_for):
+    layout = layout_for(TASKMANAGERS="2")
+    configs = full_config(layout)
+    assert processes.platform_programs(layout).count("flink-taskmanager-2") == 1
+    second = configs["flink-taskmanager-2"].command
+    assert "/taskmanager.sh start-foreground" in second and "metrics.reporter.prom.port=9251" in second
+    assert "metrics.reporter.prom.port=9250" in configs["flink-taskmanager"].command
+    assert ["flink-jobmanager", "flink-taskmanager", "flink-taskmanager-2"] in processes.stop_plan(list(configs))
+    flink = {(t.service, t.port) for t in observability.scrape_targets(layout) if t.job == "flink"}
+    assert flink == {("flink-jobmanager", 9249), ("flink-taskmanager", 9250), ("flink-taskmanager", 9251)}
+    assert layout.ports()["flink-taskmanager-2 metrics"] == 9251
+    assert "flink-taskmanager-2" not in full_config(layout_for())  # one TaskManager by default
+
+
+def test_compose_finds_every_taskmanager_replica_by_dns(layout_for):
+    config = observability.prometheus_config(observability.scrape_targets(layout_for()), compose=True)
+    flink = next(job for job in config["scrape_configs"] if job["job_name"] == "flink")
+    assert flink["dns_sd_configs"] == [{"names": ["flink-taskmanager"], "type": "A", "port": 9249}]
+    assert flink["static_configs"][0]["targets"] == ["flink-jobmanager:9249"]
+
+
+def test_topics_get_the_configured_partitions(layout_for):
+    kafka_conf = stack_config.write_kafka_config(layout_for(KAFKA_PARTITIONS="6")).read_text()
+    assert "num.partitions=6" in kafka_conf
