@@ -20,6 +20,11 @@ CREATE TABLE IF NOT EXISTS questions (
 -- Terminal outcomes that arrived after the question's run had already ended (at-least-once
 -- redelivery, a forked chain, a late dead letter): counted here, never applied. Across all runs.
 ALTER TABLE questions ADD COLUMN IF NOT EXISTS duplicate_outcomes INTEGER NOT NULL DEFAULT 0;
+-- Accesses: every 2xx answer of POST /query (cache, database or pending; the POST that created the
+-- question is access 1), written in batches by storage_service.access. No index on access_count:
+-- it would make every counted access a non-HOT update; the top-N query of /metrics scans instead.
+ALTER TABLE questions ADD COLUMN IF NOT EXISTS access_count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE questions ADD COLUMN IF NOT EXISTS last_accessed_at TIMESTAMPTZ;
 CREATE INDEX IF NOT EXISTS questions_status_idx ON questions (status);
 CREATE INDEX IF NOT EXISTS questions_updated_idx ON questions (updated_at);
 

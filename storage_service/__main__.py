@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.logging import configure_logging
 from common.web import serve
 from storage_service.config import StorageSettings
+
+if TYPE_CHECKING:
+    from storage_service.repository import Repository
+
+SCHEMA_SQL = Path(__file__).resolve().parent.parent / "postgres" / "schema.sql"
+log = logging.getLogger(__name__)
+
+
+def upgrade_schema(repo: Repository) -> None:
+    """Bring an existing database up to postgres/schema.sql when a column is missing (a Docker volume
+    created before it: the container's init script never runs again). Never fatal: the stack's own
+    init applies the schema on a native start anyway."""
+    try:
+        if repo.schema_is_current() or not SCHEMA_SQL.exists():
+            return
+        repo.apply_schema(SCHEMA_SQL.read_text())
+        log.info("applied postgres/schema.sql to an older database")
+    except Exception as exc:  # noqa: BLE001 - the API still serves; the new columns wait for the next start
+        log.warning("could not upgrade the database schema", extra={"error": str(exc)})
 
 
 def main() -> None:
@@ -29,7 +52,8 @@ def main() -> None:
 
         repo = Repository(settings.database_url, settings.db_pool_size)
         repo.open()
-        return create_app(
+        upgrade_schema(repo)
+        app = create_app(
             settings,
             repo,
             AnswerCache(settings.redis_url, settings.cache_ttl_s),
@@ -37,6 +61,8 @@ def main() -> None:
                 settings.kafka_bootstrap_servers, "storage-service", message_timeout_s=settings.kafka_produce_timeout_s
             ),
         )
+        atexit.register(app.extensions["access_recorder"].close)  # write the last accesses on shutdown
+        return app
 
     serve(app_factory, settings.storage_port, bind_host=settings.bind_host, threads=16, timeout_s=60)
 

@@ -25,6 +25,7 @@ from common.metrics import (
 )
 from common.topics import Status
 from common.web import ApiError, configure_json_api, json_body, required_text
+from storage_service.access import AccessRecorder
 from storage_service.cache import AnswerCache, validated_result
 from storage_service.config import StorageSettings
 from storage_service.repository import Repository
@@ -80,8 +81,13 @@ def create_app(
     cache: AnswerCache,
     producer: ConfirmedProducer,
     flink: ScoreJobWatch | None = None,
+    accesses: AccessRecorder | None = None,
 ) -> Flask:
     app = Flask("storage_service")
+    # Every 2xx POST /query is an access of its question (storage_service.access): counted here,
+    # written to PostgreSQL in batches.
+    recorder = accesses or AccessRecorder(repo.record_accesses, settings.access_flush_s).start()
+    app.extensions["access_recorder"] = recorder
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     flink = flink or ScoreJobWatch(
         settings.flink_rest_url,
@@ -127,6 +133,7 @@ def create_app(
         if cached is not None:
             counters.add("cache_hits")
             log.info("answered from cache", extra={"question_id": question_id})
+            recorder.record(question_id)
             return (jsonify(status="found", source="cache", question_id=question_id, result=cached), 200), "cached"
         counters.add("cache_misses")
 
@@ -152,6 +159,7 @@ def create_app(
             result = validated_result(row)
             cache.put(question_id, result)
             log.info("answered from database", extra={"question_id": question_id})
+            recorder.record(question_id)
             return (jsonify(status="found", source="database", question_id=question_id, result=result), 200), "stored"
         if claim.is_new_run:
             if claim.run > 1:  # nothing of an earlier run may be served for this one
@@ -162,6 +170,7 @@ def create_app(
                 "question published",
                 extra={"question_id": question_id, "run": claim.run, "previous_status": claim.previous_status},
             )
+        recorder.record(question_id)  # the POST that creates the question is its first access
         outcome = "published" if claim.is_new_run else "pending"
         return (jsonify(status=Status.PENDING.value, question_id=question_id), 202), outcome
 
@@ -169,6 +178,7 @@ def create_app(
     def status(question_id: str):
         if len(question_id) > 128:
             raise ApiError(400, "invalid_question_id", "question_id is too long")
+        recorder.flush_before_read()  # this process's accesses are in the row it reads
         try:
             row = repo.question(question_id)
         except psycopg.DataError as exc:
@@ -187,6 +197,8 @@ def create_app(
             attempts=row["attempts"],
             runs=row["runs"],
             duplicate_outcomes=row["duplicate_outcomes"],
+            access_count=row.get("access_count", 0),
+            last_accessed_at=row.get("last_accessed_at"),
             model=row["model"],
             error={"kind": row["error_kind"], "message": row["error_message"]} if row["error_kind"] else None,
             score_history=row["score_history"],
@@ -212,6 +224,8 @@ def create_app(
         }
         lookups = body["cache_hits"] + body["cache_misses"]
         body["cache_hit_rate"] = body["cache_hits"] / lookups if lookups else None
+        recorder.flush_before_read()  # the totals below include every access answered so far
+        body.update(recorder.stats())
         try:
             body.update(repo.metrics())
         except DB_ERRORS as exc:

@@ -19,3 +19,6 @@ class StorageSettings(PipelineSettings):
     # /health asks Flink's REST API whether the score job runs; the answer is reused for a few seconds.
     flink_check_timeout_s: float = 1.0
     flink_check_cache_s: float = 5.0
+    # Question accesses (POST /query answers) are written to PostgreSQL in batches this often
+    # (storage_service.access); GET /status and GET /metrics write them first anyway.
+    access_flush_s: float = 1.0

@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool
 
 from common.messages import DeadLetter, PipelineMessage
 from common.topics import Status
+from storage_service.access import Batch
 from storage_service.rules import (
     OutcomeResult,
     QuestionState,
@@ -40,6 +41,9 @@ class Claim:
     run: int
     is_new_run: bool
     previous_status: Status | None = None  # for a new run of a question that existed
+
+
+TOP_ACCESSED = 10  # the most accessed questions GET /metrics lists
 
 
 class Repository:
@@ -268,6 +272,42 @@ class Repository:
                 )
             return result
 
+    def record_accesses(self, batch: Batch) -> None:
+        """Add a batch of accesses (storage_service.access) in one statement; a question without a row
+        (a cache hit after the database was restored) is skipped. Rows are locked in id order, so two
+        batches never wait on each other in a cycle."""
+        ids = sorted(batch)
+        with self.pool.connection() as conn:
+            conn.execute(
+                """
+                UPDATE questions AS q SET
+                    access_count = q.access_count + a.n,
+                    last_accessed_at = GREATEST(q.last_accessed_at, a.at)
+                FROM unnest(%s::text[], %s::bigint[], %s::timestamptz[]) AS a(question_id, n, at)
+                WHERE q.question_id = a.question_id
+                """,
+                (ids, [batch[i].count for i in ids], [batch[i].last_at for i in ids]),
+            )
+
+    def schema_is_current(self) -> bool:
+        """Whether the newest column of postgres/schema.sql exists (questions.last_accessed_at)."""
+        with self.pool.connection() as conn:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                    "AND table_name = 'questions' AND column_name = 'last_accessed_at'"
+                ).fetchone()
+                is not None
+            )
+
+    def apply_schema(self, schema_sql: str, lock_timeout_s: float = 5.0) -> None:
+        """Apply the idempotent postgres/schema.sql (the container's init script only runs on an empty
+        volume, so a column added later reaches an existing database this way). Its ALTERs lock the
+        tables: give up after `lock_timeout_s` rather than queue every query behind them."""
+        with self.pool.connection() as conn, conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+            conn.execute(schema_sql.encode())
+
     def question(self, question_id: str) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
             row = conn.execute("SELECT * FROM questions WHERE question_id = %s", (question_id,)).fetchone()
@@ -304,6 +344,17 @@ class Repository:
                     "avg(best_score) AS average_best_score FROM questions"
                 ).fetchone()
             )
+            accesses = required(
+                conn.execute(
+                    "SELECT coalesce(sum(access_count), 0) AS accesses_total, "
+                    "count(*) FILTER (WHERE access_count > 0) AS questions_accessed FROM questions"
+                ).fetchone()
+            )
+            most_accessed = conn.execute(
+                "SELECT question_id, access_count, last_accessed_at FROM questions WHERE access_count > 0 "
+                "ORDER BY access_count DESC, question_id LIMIT %s",
+                (TOP_ACCESSED,),
+            ).fetchall()
             distribution = {
                 str(r["attempts"]): r["n"]
                 for r in conn.execute(
@@ -320,4 +371,9 @@ class Repository:
             # terminal outcomes (and dead letters) that arrived after their run had ended: never applied
             "duplicate_outcomes": totals["duplicate_outcomes"],
             "questions_failed_by_dead_letter": totals["dead_lettered"],
+            # 2xx answers of POST /query, summed over the questions (written in batches: see /metrics'
+            # accesses_unwritten), and the most asked questions
+            "accesses_total": int(accesses["accesses_total"]),
+            "questions_accessed": accesses["questions_accessed"],
+            "top_accessed": [dict(row) for row in most_accessed],
         }

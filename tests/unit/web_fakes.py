@@ -25,6 +25,7 @@ class FakeRepository:
 
     def __init__(self) -> None:
         self.claimed: dict[str, PipelineMessage] = {}
+        self.accesses: dict[str, int] = {}  # record_accesses: question id -> accesses written
 
     @contextmanager
     def claim(self, message: PipelineMessage, *_args: Any, **_kwargs: Any) -> Iterator[Any]:
@@ -36,6 +37,10 @@ class FakeRepository:
 
     def question(self, question_id: str) -> dict[str, Any] | None:
         return None
+
+    def record_accesses(self, batch: dict[str, Any]) -> None:
+        for question_id, access in batch.items():
+            self.accesses[question_id] = self.accesses.get(question_id, 0) + access.count
 
     def metrics(self) -> dict[str, Any]:
         return {"total_responses": 0, "questions_by_status": {}}
