@@ -12,8 +12,8 @@ Scorer failures come in two kinds, and the job must not confuse them:
   reason, and storage marks the question failed: one record never stalls the stream.
 What tells them apart is a small shared state (when the scorer last answered) and, when nothing else
 answered since the failure, one probe with a pair that always scores. PyFlink finishes a bundle
-(every second, and at each checkpoint) only when every record in flight is done, so a record that
-fails alone would never see "others succeed" without the probe.
+(every FLINK_PYTHON_BUNDLE_TIME_MS, and at each checkpoint) only when every record in flight is
+done, so a record that fails alone would never see "others succeed" without the probe.
 """
 
 from __future__ import annotations
