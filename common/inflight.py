@@ -115,7 +115,7 @@ class AimdLimiter:
         initial: int = 1,
         min_window: int = 4,
         tolerance: float = 0.5,
-        min_rise_s: float = 0.1,
+        min_rise_s: float = 0.03,
         max_probe_backoff: int = 64,
     ) -> None:
         if max_limit < 1:

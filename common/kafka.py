@@ -763,5 +763,9 @@ def grow_partitions(
         if name in listed and len(listed[name].partitions) < partitions
     ]
     for future in admin.create_partitions(grow, request_timeout=15).values() if grow else []:
-        future.result()
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.INVALID_PARTITIONS:  # another init grew it first
+                raise
     return [g.topic for g in grow]

@@ -101,7 +101,7 @@ def check_flink_job(
             job = score_job(list_jobs(flink_url))
             state = str(job["state"]) if job else MISSING
             spread = job_spread(flink_url, job["jid"]) if job and state == "RUNNING" else None
-        except OSError as err:
+        except (OSError, ValueError, KeyError) as err:  # not up yet, or an answer of a job being replaced
             print(f"flink: {err}")
             return None
         print(f"flink: {SCORE_JOB_NAME!r} is {state}" + (f", {spread}" if spread else ""))

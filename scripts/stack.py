@@ -47,6 +47,7 @@ from scripts.platform.processes import (
     EMBEDDED_MODEL_NAME,
     PLATFORM,
     SERVICES,
+    configured_programs,
     platform_programs,
     running_processes,
     start_programs,
@@ -68,6 +69,16 @@ def ensure_ports_free(layout: Layout) -> None:
         )
 
 
+def refuse_a_changed_platform(layout: Layout) -> None:
+    """A running stack keeps the programs it started with: TASKMANAGERS raised since needs a restart."""
+    missing = [name for name in platform_programs(layout) if name not in configured_programs(layout)]
+    if missing:
+        raise SystemExit(
+            f"[stack] the running stack has no {', '.join(missing)} (TASKMANAGERS={layout.taskmanagers} now): "
+            "`make down` first, then `make up` again"
+        )
+
+
 def up(layout: Layout, platform_only: bool) -> None:
     for sub in ("logs", "run"):
         layout.path(sub).mkdir(parents=True, exist_ok=True)
@@ -82,6 +93,8 @@ def up(layout: Layout, platform_only: bool) -> None:
         wait_for(
             "supervisord", lambda: supervisorctl(layout, "status", check=False).returncode in (0, 3), 20, layout=layout
         )
+    else:
+        refuse_a_changed_platform(layout)
     start_programs(layout, platform_programs(layout))
     wait_for("Kafka", lambda: kafka_ready(layout), 120, layout=layout)
     wait_for("PostgreSQL", lambda: postgres_ready(layout), 60, layout=layout)

@@ -21,15 +21,24 @@ log = logging.getLogger(__name__)
 
 def upgrade_schema(repo: Repository) -> None:
     """Bring an existing database up to postgres/schema.sql when a column is missing (a Docker volume
-    created before it: the container's init script never runs again). Never fatal: the stack's own
-    init applies the schema on a native start anyway."""
+    created before it: the container's init script never runs again; natively `make up` applies it).
+    A database that cannot be asked is an outage the API already handles; one that is older and
+    cannot be upgraded ends the process, so that supervisord or compose starts it again, instead of
+    answering /metrics with a 503 for the missing column for as long as it runs."""
     try:
-        if repo.schema_is_current() or not SCHEMA_SQL.exists():
-            return
+        current = repo.schema_is_current()
+    except Exception as exc:  # noqa: BLE001 - PostgreSQL away at start: /health says so
+        log.warning("could not check the database schema", extra={"error": str(exc)})
+        return
+    if current or not SCHEMA_SQL.exists():
+        return
+    try:
         repo.apply_schema(SCHEMA_SQL.read_text())
-        log.info("applied postgres/schema.sql to an older database")
-    except Exception as exc:  # noqa: BLE001 - the API still serves; the new columns wait for the next start
-        log.warning("could not upgrade the database schema", extra={"error": str(exc)})
+    except Exception as exc:  # any failure: start again later
+        raise SystemExit(
+            f"the database schema is older than postgres/schema.sql and could not be upgraded: {exc}"
+        ) from exc
+    log.info("applied postgres/schema.sql to an older database")
 
 
 def main() -> None:

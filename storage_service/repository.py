@@ -274,8 +274,9 @@ class Repository:
 
     def record_accesses(self, batch: Batch) -> None:
         """Add a batch of accesses (storage_service.access) in one statement; a question without a row
-        (a cache hit after the database was restored) is skipped. Rows are locked in id order, so two
-        batches never wait on each other in a cycle."""
+        (a cache hit after the database was restored) is skipped. One process flushes one batch at a
+        time; replicas' batches may lock rows in another order, and a deadlock PostgreSQL breaks fails
+        one batch, which the next flush retries."""
         ids = sorted(batch)
         with self.pool.connection() as conn:
             conn.execute(

@@ -360,6 +360,12 @@ def start_programs(layout: Layout, names: list[str]) -> None:
         supervisorctl(layout, "start", target, check=False)
 
 
+def configured_programs(layout: Layout) -> set[str]:
+    """Programs ('kafka', 'llm-consumer') the running supervisord was configured with."""
+    lines = supervisorctl(layout, "status", check=False).stdout.splitlines()
+    return {line.split()[0].split(":")[0] for line in lines if line.strip()}
+
+
 def running_processes(layout: Layout) -> list[str]:
     """Names ('kafka', 'llm-consumer:llm-consumer-0') of the processes supervisord has not stopped."""
     lines = supervisorctl(layout, "status", check=False).stdout.splitlines()

@@ -40,8 +40,8 @@ def running_score_jobs() -> int:
 
 
 def test_make_up_answers_the_seed_example_then_make_down_leaves_nothing():
-    make("up")
     try:
+        make("up")  # inside: a failed or timed-out start is still brought down
         make("up")  # a second `make up` is harmless: nothing restarts, the job is not submitted twice
         assert running_score_jobs() == 1
         assert requests.get("http://localhost:9090/-/ready", timeout=10).ok  # Prometheus
