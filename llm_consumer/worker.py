@@ -29,6 +29,13 @@ StateLookup = Callable[[PipelineMessage], QuestionState | None]
 CONGESTION = frozenset({FailureKind.OVERLOAD, FailureKind.QUOTA})
 
 
+def limit_moved(before: int, after: int, why: str) -> None:
+    """The adaptive limit's gauge, and a log line whenever it moves (what the dashboard's chart shows)."""
+    metrics.LLM_CONCURRENCY_LIMIT.labels(STAGE).set(after)
+    if after != before:
+        log.info("LLM concurrency limit changed", extra={"from": before, "to": after, "why": why})
+
+
 def llm_handler(
     client: OllamaClient | OpenAIClient,
     state_of: StateLookup = lambda _m: None,
@@ -63,8 +70,9 @@ def llm_handler(
             kind = classify_llm_failure(exc.status, timed_out=exc.timed_out, unreachable=exc.unreachable)
             metrics.observe_llm_call(kind.value, time.monotonic() - started)
             if limiter is not None and ticket is not None and kind in CONGESTION:
+                before = limiter.limit
                 limiter.overloaded(ticket)
-                metrics.LLM_CONCURRENCY_LIMIT.labels(STAGE).set(limiter.limit)
+                limit_moved(before, limiter.limit, f"LLM {kind.value}")
             log.warning(
                 "LLM call failed",
                 extra={
@@ -80,8 +88,9 @@ def llm_handler(
             )
             return [request, (FAILURE_TOPICS[kind], message.evolve(error=error))]
         if limiter is not None and ticket is not None:
+            before = limiter.limit
             limiter.succeeded(ticket, time.monotonic() - started)
-            metrics.LLM_CONCURRENCY_LIMIT.labels(STAGE).set(limiter.limit)
+            limit_moved(before, limiter.limit, "latency" if limiter.limit < before else "clean window")
         log.info("LLM answered", extra={**context, "latency_ms": round(generation.latency_ms)})
         metrics.observe_llm_call(
             SUCCESS, generation.latency_ms / 1000, generation.prompt_tokens, generation.completion_tokens
