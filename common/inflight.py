@@ -103,9 +103,11 @@ class AimdLimiter:
     - Probing above a limit that overloaded before is rare: the window to grow past it doubles each
       time it overloads again (up to `max_probe_backoff`), so a one-slot server answering 503 beyond
       one call sees an occasional probe, not one every other call.
-    - A window at limit 1 resets the latency baseline: one call at a time is the server's own
-      latency, so a server that got slower for good (another model, other clients) becomes the new
-      baseline instead of shrinking the limit forever against an old best.
+    - A cut for latency must pay: if the next window is not a tenth faster, fewer calls of ours were
+      not the cause (the server got slower for everyone: another model, other clients, a busy
+      machine), and its median becomes the new baseline instead of cutting on to 1 against an old
+      best (measured: 16 -> 1 in 12 s on a CPU-starved machine, then +1 every 2 s). A window at
+      limit 1 resets the baseline too: one call at a time is the server's own latency.
     """
 
     def __init__(
@@ -131,6 +133,7 @@ class AimdLimiter:
         self._latencies: list[float] = []  # of successes started under the current epoch
         self._baseline: float | None = None  # the best window median seen (reset at limit 1)
         self._ceiling: int | None = None  # a limit that overloaded; growing to it needs a longer window
+        self._slow_median: float | None = None  # the window median that made the last cut for latency
         self._probe_backoff = 1
 
     @property
@@ -152,8 +155,13 @@ class AimdLimiter:
             self._latencies = []
             if self._baseline is None or median <= self._baseline or self._limit == 1:
                 self._baseline = median
-            if self._latency_rose(median):
+            if self._latency_rose(median) and self._cut_helped(median):
                 self._congested(LATENCY_DECREASE)  # the server queues our calls instead of running them side by side
+                self._slow_median = median
+            elif self._latency_rose(median):
+                # Fewer calls of ours did not make them faster: the server is slower for everyone
+                # (another client, a longer prompt, a busy machine). That is its latency now.
+                self._baseline, self._slow_median = median, None
             else:
                 self._increase()
 
@@ -163,6 +171,11 @@ class AimdLimiter:
             if ticket.epoch < self._decreased_at:  # this overload was already answered
                 return
             self._congested(OVERLOAD_DECREASE)
+            self._slow_median = None
+
+    def _cut_helped(self, median: float) -> bool:
+        """After a cut for latency, did the next window get faster by a tenth? (True before any cut.)"""
+        return self._slow_median is None or median < self._slow_median * 0.9
 
     def _latency_rose(self, median: float) -> bool:
         assert self._baseline is not None
@@ -177,6 +190,7 @@ class AimdLimiter:
         return window
 
     def _increase(self) -> None:
+        self._slow_median = None
         grown = self._limit * 2 if self._slow_start else self._limit + 1
         if self._ceiling is not None and self._limit >= self._ceiling:
             self._ceiling, self._probe_backoff = None, 1  # it held above the old ceiling: forget it
