@@ -52,7 +52,7 @@ IN_FLIGHT = 8  # POST /score requests in flight, and wrk's connections
 SLOW_LLM_S = 1.0
 SLOW_LLM_SLOTS = 32
 # Enough for the consumers' adaptive limit to matter more than its slow start (about 5 s to reach 32).
-SLOW_LLM_QUESTIONS = 800
+SLOW_LLM_QUESTIONS = 1600
 
 
 def test_support(name: str) -> Any:
@@ -243,7 +243,7 @@ def bench_instant(pipe: Pipeline, scorer: dict | None) -> dict[str, Any]:
 def bench_slow(pipe: Pipeline, scorer: dict | None) -> dict[str, Any]:
     pipe.fake.serve_like(latency_s=SLOW_LLM_S, slots=SLOW_LLM_SLOTS, overflow="queue")
     try:
-        result = pipe.throughput(SLOW_LLM_QUESTIONS, 150, f"{SLOW_LLM_S:g}s LLM, {SLOW_LLM_SLOTS} slots")
+        result = pipe.throughput(SLOW_LLM_QUESTIONS, 240, f"{SLOW_LLM_S:g}s LLM, {SLOW_LLM_SLOTS} slots")
         result["llm_peak_parallel_calls"] = pipe.fake.peak_busy
     finally:
         pipe.fake.serve_like()
