@@ -4,7 +4,7 @@ STATE ?= $(or $(YAHOO_LLM_STATE_DIR),$(CURDIR)/.state)
 export YAHOO_LLM_STATE_DIR := $(STATE)
 PY := $(STATE)/venv/bin/python
 
-.PHONY: install up down status logs lint lint-docker test test-unit bench chaos prometheus-config
+.PHONY: install up down status logs lint lint-docker test test-unit bench chaos prometheus-config experiment
 
 install:
 	@bash scripts/install.sh
@@ -54,6 +54,12 @@ bench: install
 # bench-results/chaos-latest.md. CHAOS_FAULTS=name,... and CHAOS_QUESTIONS=n narrow or widen it.
 chaos: install
 	@CHAOS_SCENARIO=$(or $(CHAOS_SCENARIO),full) $(PY) -m pytest -q tests/chaos
+
+# The course's experiments against the running stack (`make up`; YAHOO_LLM_STACK names another): cache
+# policies x sizes x TTL and the pipeline's figures, as reports/<UTC time>/report.md and .html
+# (README, "Experiments"). MATRIX=experiments/matrices/full.toml for the full matrix.
+experiment: install
+	@$(PY) -m experiments $(if $(MATRIX),--matrix $(MATRIX))
 
 # Regenerates observability/prometheus.yml (compose's Prometheus) from the stack's scrape targets
 # (scripts/platform/observability.py); tests/static checks the committed file is current.
