@@ -127,9 +127,14 @@ class CallLedger:
         if self.clock() < self._down_until:
             return None
         try:
-            conn = self._connection()
-            cursor = conn.execute(sql, params)
-            row = cursor.fetchone() if fetch else ()
+            return self._execute(sql, params, fetch=fetch)
+        except psycopg.Error:
+            # The kept connection may have died while idle (PostgreSQL restarted, the backend was
+            # terminated): one new connection before calling the ledger down. Without this, every
+            # step answered in the next `retry_after_s` went unrecorded after a database restart.
+            self.close()
+        try:
+            return self._execute(sql, params, fetch=fetch)
         except psycopg.Error as exc:
             self.close()
             self._down_until = self.clock() + self.retry_after_s
@@ -138,7 +143,10 @@ class CallLedger:
                 extra={"question_id": question_id, "retry_in_s": self.retry_after_s, "error": str(exc)[:300]},
             )
             return None
-        return row
+
+    def _execute(self, sql: str, params: dict, *, fetch: bool) -> tuple | None:
+        cursor = self._connection().execute(sql, params)
+        return cursor.fetchone() if fetch else ()
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:

@@ -112,3 +112,22 @@ def test_a_replay_whose_publish_fails_leaves_the_question_failed_as_it_was(stack
             assert store.reopen_and(message, lambda: None)  # and it can still be replayed
         finally:
             store.close()
+
+
+def test_a_connection_that_died_while_idle_is_replaced_at_once(stack):
+    """After a PostgreSQL restart the kept connection fails on its next use: the ledger opens a new
+    one for that very call, so no answered step goes unrecorded (it used to stop for 15 s)."""
+    with ledger_for_new_question(stack.database_url, Status.PENDING, runs=1) as (ledger, message):
+        assert ledger.state(message) is not None
+        assert ledger._conn is not None
+        backend = ledger._conn.info.backend_pid
+        with psycopg.connect(stack.database_url, autocommit=True) as admin:
+            (terminated,) = admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone()
+        assert terminated
+        ledger.mark_answered(message, topics.LLM_RESPONSES_SUCCESS)
+        assert ledger._conn is not None and ledger._conn.info.backend_pid != backend
+        with psycopg.connect(stack.database_url) as conn:
+            (rows,) = conn.execute(
+                "SELECT count(*) FROM llm_calls WHERE question_id = %s", (message.question_id,)
+            ).fetchone()
+        assert rows == 1
