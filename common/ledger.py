@@ -126,23 +126,30 @@ class CallLedger:
     def _run(self, sql: str, params: dict, question_id: str, *, fetch: bool) -> tuple | None:
         if self.clock() < self._down_until:
             return None
-        try:
-            return self._execute(sql, params, fetch=fetch)
-        except psycopg.Error:
-            # The kept connection may have died while idle (PostgreSQL restarted, the backend was
-            # terminated): one new connection before calling the ledger down. Without this, every
-            # step answered in the next `retry_after_s` went unrecorded after a database restart.
-            self.close()
+        kept = self._conn is not None and not self._conn.closed
         try:
             return self._execute(sql, params, fetch=fetch)
         except psycopg.Error as exc:
             self.close()
-            self._down_until = self.clock() + self.retry_after_s
-            log.warning(
-                "call ledger unavailable; proceeding without dedupe",
-                extra={"question_id": question_id, "retry_in_s": self.retry_after_s, "error": str(exc)[:300]},
-            )
+            if not kept:  # a new connection failed: the ledger is away
+                self._went_down(exc, question_id)
+                return None
+        # The kept connection died while idle (PostgreSQL restarted, the backend was terminated):
+        # one new connection before calling the ledger down. Without this, every step answered in
+        # the next `retry_after_s` went unrecorded after a database restart.
+        try:
+            return self._execute(sql, params, fetch=fetch)
+        except psycopg.Error as exc:
+            self.close()
+            self._went_down(exc, question_id)
             return None
+
+    def _went_down(self, exc: psycopg.Error, question_id: str) -> None:
+        self._down_until = self.clock() + self.retry_after_s
+        log.warning(
+            "call ledger unavailable; proceeding without dedupe",
+            extra={"question_id": question_id, "retry_in_s": self.retry_after_s, "error": str(exc)[:300]},
+        )
 
     def _execute(self, sql: str, params: dict, *, fetch: bool) -> tuple | None:
         cursor = self._connection().execute(sql, params)
