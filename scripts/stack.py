@@ -71,7 +71,8 @@ def ensure_ports_free(layout: Layout) -> None:
 
 def refuse_a_changed_platform(layout: Layout) -> None:
     """A running stack keeps the programs it started with: TASKMANAGERS raised since needs a restart."""
-    missing = [name for name in platform_programs(layout) if name not in configured_programs(layout)]
+    configured = configured_programs(layout)  # one `supervisorctl status`, not one per program
+    missing = [name for name in platform_programs(layout) if name not in configured]
     if missing:
         raise SystemExit(
             f"[stack] the running stack has no {', '.join(missing)} (TASKMANAGERS={layout.taskmanagers} now): "
