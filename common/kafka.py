@@ -381,10 +381,13 @@ class ConsumerRunner:
         def probe_members() -> set[str] | None:
             if not admin:
                 admin.append(AdminClient({"bootstrap.servers": bootstrap_servers}))
-            return group_members(admin[0], group_id)
+            members = group_members(admin[0], group_id)
+            if members is None:  # a client made while the broker was away may never recover either
+                admin.clear()
+            return members
 
         self._group_members = group_members_probe or probe_members
-        self._unassigned_since: float | None = None
+        self._last_heard = clock()  # when a message last arrived, or the broker was last asked
         self.producer = producer or ConfirmedProducer(bootstrap_servers, client_id)
         self.paused = PausedPartitions()
         self.heartbeat = Heartbeat(liveness_file)
@@ -445,6 +448,7 @@ class ConsumerRunner:
             return
         if msg is None:
             return
+        self._last_heard = self.clock()
         error = msg.error()
         if error is not None:
             if error.fatal():  # the client is unusable: exit so the supervisor starts a fresh one
@@ -644,24 +648,23 @@ class ConsumerRunner:
 
         Seen under `make chaos`: after Kafka was frozen past the session timeout, librdkafka timed the
         session out, queued its rejoin and never sent it; the process polled on, a member of nothing,
-        while its partitions' questions waited. So a consumer without partitions for
-        MEMBERSHIP_CHECK_S asks the broker (every MEMBERSHIP_CHECK_S) whether it is still a member.
+        while its partitions' questions waited. Sometimes it even kept its assignment while the broker
+        showed the group EMPTY, so the assignment proves nothing: a consumer that heard nothing
+        (no message, no event) for MEMBERSHIP_CHECK_S asks the broker whether it is still a member,
+        and asks again every MEMBERSHIP_CHECK_S while it stays quiet.
         """
         now = self.clock()
-        if self.consumer.assignment():
-            self._unassigned_since = None
+        if now - self._last_heard < MEMBERSHIP_CHECK_S:
             return
-        if self._unassigned_since is None:
-            self._unassigned_since = now
-            return
-        if now - self._unassigned_since < MEMBERSHIP_CHECK_S:
-            return
-        self._unassigned_since = now  # the next question in MEMBERSHIP_CHECK_S
+        self._last_heard = now  # the next question in MEMBERSHIP_CHECK_S
         own_id = self.consumer.memberid()
-        if dropped_out_of_group(own_id, self._group_members()):
+        members = self._group_members()
+        if members is None:
+            log.warning("could not ask the broker about this consumer's group", extra={"group": self.group_id})
+        if dropped_out_of_group(own_id, members):
             log.error(
                 "consumer is no longer a member of its group; rebuilding the Kafka client",
-                extra={"group": self.group_id, "member_id": own_id},
+                extra={"group": self.group_id, "member_id": own_id, "assigned": len(self.consumer.assignment())},
             )
             self._rebuild_consumer()
 

@@ -368,14 +368,24 @@ def test_an_idle_member_or_an_unanswered_probe_keeps_its_client():
         assert built == []
 
 
-def test_a_consumer_with_partitions_never_asks():
+def test_a_consumer_that_keeps_hearing_messages_never_asks():
     asked = []
     r, clock, built = membership_runner(lambda: asked.append(1) or set())
     r.consumer.assigned = [TopicPartition(topics.QUESTIONS_PENDING, 0)]
-    for _ in range(3):
+    r.consumer.queue = [FakeMessage(GOOD, offset=n) for n in range(6)]
+    for _ in range(6):
+        clock.now += MEMBERSHIP_CHECK_S / 2
         r.poll_once(0)
-        clock.now += MEMBERSHIP_CHECK_S
     assert asked == [] and built == []
+
+
+def test_a_quiet_consumer_still_holding_partitions_but_not_in_its_group_is_rebuilt():
+    # Seen after a Kafka freeze: the client kept its assignment while the broker showed the group EMPTY.
+    r, clock, built = membership_runner(lambda: set())
+    r.consumer.assigned = [TopicPartition(topics.QUESTIONS_PENDING, 0)]
+    clock.now += MEMBERSHIP_CHECK_S + 1
+    r.poll_once(0)
+    assert len(built) == 1
 
 
 def wait_until_closed(consumer, timeout_s: float = 5.0):
