@@ -1,10 +1,10 @@
 """Micro-batching: concurrent score requests coalesced into one model call.
 
-Each HTTP thread submits its (already validated and tokenised) pair and waits on a future. One
-worker thread takes the queue in batches: a batch leaves when it is full (`max_batch`) or when its
-oldest pair has waited `window_s`. Pairs that arrive while the model is busy queue up and leave
-together as soon as it is free, so under load batches form without any waiting; an idle scorer
-adds at most the window to a lone request's latency.
+Each HTTP thread submits its (already validated and tokenised) pair and waits on a future. Worker
+threads (one per model call that may run at once) take the queue in batches: a batch leaves when
+it is full (`max_batch`) or when its oldest pair has waited `window_s`. Pairs that arrive while
+every worker is busy queue up and leave together as soon as one is free, so under load batches form
+without any waiting; an idle scorer adds at most the window to a lone request's latency.
 
 One pair must never fail its batch mates: when the batched call raises, the batch is scored again
 pair by pair, and only the pairs that fail alone get the error.
@@ -73,7 +73,7 @@ class _Queued(Generic[Item, Result]):
 
 
 class Coalescer(Generic[Item, Result]):
-    """Queues items from many threads and scores them in batches on one worker thread.
+    """Queues items from many threads and scores them in batches on `workers` worker threads.
 
     `score_batch` takes a list and returns one result per item, in order. `on_batch` sees the size
     of every model call (the yahoo_score_batch_size histogram).
@@ -88,16 +88,20 @@ class Coalescer(Generic[Item, Result]):
         on_batch: Callable[[int], object] = lambda _size: None,
         clock: Callable[[], float] = time.monotonic,
         name: str = "score-coalescer",
+        workers: int = 1,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self._score_batch, self._on_batch, self._clock = score_batch, on_batch, clock
         self.max_batch, self.window_s = max_batch, max(0.0, window_s)
         self._queue: deque[_Queued[Item, Result]] = deque()
         self._wakeup = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, item: Item) -> Future[Result]:
         queued: _Queued[Item, Result] = _Queued(item, self._clock())
@@ -117,8 +121,10 @@ class Coalescer(Generic[Item, Result]):
         """Scores what is queued, then stops the worker."""
         with self._wakeup:
             self._closed = True
-            self._wakeup.notify()
-        self._worker.join(timeout_s)
+            self._wakeup.notify_all()
+        deadline = time.monotonic() + timeout_s
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     # -- the worker ------------------------------------------------------------------------------
 
@@ -138,7 +144,10 @@ class Coalescer(Generic[Item, Result]):
                         len(self._queue), waited, max_batch=self.max_batch, window_s=self.window_s
                     ):
                         size = min(len(self._queue), self.max_batch)
-                        return [self._queue.popleft() for _ in range(size)]
+                        batch = [self._queue.popleft() for _ in range(size)]
+                        if self._queue:  # more than one batch waits: an idle worker can take the next
+                            self._wakeup.notify()
+                        return batch
                     self._wakeup.wait(timeout=self.window_s - waited)
                 elif self._closed:
                     return None

@@ -32,7 +32,7 @@ from itertools import cycle, islice
 
 from score_validator.calibrate import UNRELATED_OFFSETS, load_labelled
 from score_validator.config import ScoreValidatorSettings
-from score_validator.scorer import Pair, Scorer, resolve_model, torch_threads, usable_cpu_count
+from score_validator.scorer import Pair, Scorer, resolve_model, scorer_parallelism, usable_cpu_count
 
 MODES: dict[str, dict[str, float]] = {
     "single": {"scorer_max_batch": 1, "scorer_reference_cache_mb": 0},
@@ -90,7 +90,10 @@ def bench_scorer(
     Every mode is loaded first, then measured `rounds` times in turn, and its best round is kept:
     other load on the machine then slows every mode alike instead of whichever ran at that moment.
     """
+    import torch
+
     settings = settings or ScoreValidatorSettings()
+    parallelism = scorer_parallelism(settings.scorer_workers, settings.torch_num_threads, usable_cpu_count())
     base = calibration_pairs()
     pairs = list(islice(cycle(base), n_pairs))
     loaded = {mode: Scorer(settings.model_copy(update=overrides)) for mode, overrides in MODES.items()}
@@ -103,6 +106,10 @@ def bench_scorer(
                 score_one(pair)
         for _ in range(rounds):
             for mode, score_one in scorers.items():
+                # torch's thread count is the process's: each mode runs with the one it was made for
+                torch.set_num_threads(
+                    usable_cpu_count() if mode == "bert_score_per_pair" else parallelism.torch_threads
+                )
                 rates[mode] = max(rates.get(mode, 0.0), round(pairs_per_second(score_one, pairs, in_flight), 1))
     finally:
         for scorer in loaded.values():
@@ -113,7 +120,8 @@ def bench_scorer(
         "rounds": rounds,
         "max_batch": settings.scorer_max_batch,
         "batch_window_ms": settings.scorer_batch_window_ms,
-        "torch_threads": torch_threads(settings.torch_num_threads, usable_cpu_count()),
+        "scorer_workers": parallelism.workers,
+        "torch_threads": parallelism.torch_threads,
         "model": settings.bertscore_model,
         "pairs_per_s": rates,
         "batched_vs_bert_score_per_pair": round(rates["batched"] / rates["bert_score_per_pair"], 2),
@@ -128,11 +136,10 @@ def one_pair_at_a_time(scorer: Scorer) -> Callable[[Pair], object]:
 
 
 def bert_score_per_pair(settings: ScoreValidatorSettings) -> Callable[[Pair], object]:
-    """The scorer before micro-batching: one bert_score call per pair, one call at a time."""
-    import torch
+    """The scorer before micro-batching: one bert_score call per pair, one call at a time, with
+    every core as torch threads (bench_scorer sets them while it measures this mode)."""
     from bert_score import BERTScorer
 
-    torch.set_num_threads(torch_threads(settings.torch_num_threads, usable_cpu_count()))
     baseline = settings.baseline_file()
     scorer = BERTScorer(
         model_type=resolve_model(settings.bertscore_model),

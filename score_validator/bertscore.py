@@ -27,12 +27,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
+
+import numpy as np
 
 from score_validator.batching import plan_chunks
-
-if TYPE_CHECKING:
-    import torch
 
 # Padded tokens per forward pass (count x longest): bounds one pass's memory, and a 512-token text
 # (the model's limit) still shares a pass with 7 others.
@@ -44,14 +43,19 @@ Value = TypeVar("Value")
 
 @dataclass(frozen=True)
 class Embedded:
-    """One text: a unit vector per token, and each token's weight (summing to 1, or all 0)."""
+    """One text: a unit vector per token, and each token's weight (summing to 1, or all 0).
 
-    vectors: torch.Tensor  # [tokens, dim]
-    weights: torch.Tensor  # [tokens]
+    NumPy float32, not torch: the matching is a few small operations per pair, and torch sends each
+    through its intra-op thread pool. Measured on 2 busy cores, one pair's match took 2.8 ms in
+    torch against 13 us in NumPy (the same float32 results within 2e-7).
+    """
+
+    vectors: np.ndarray  # [tokens, dim], float32
+    weights: np.ndarray  # [tokens], float32
 
     @property
     def nbytes(self) -> int:
-        return self.vectors.element_size() * self.vectors.nelement() + self.weights.element_size() * len(self.weights)
+        return int(self.vectors.nbytes + self.weights.nbytes)
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,11 @@ def token_weights(ids: Sequence[int], ignored_ids: frozenset[int]) -> list[float
 def match(candidate: Embedded, reference: Embedded) -> tuple[float, float, float]:
     """Raw precision, recall and F1 of one pair by greedy cosine matching, with no padding at all."""
     similarity = candidate.vectors @ reference.vectors.T  # [candidate tokens, reference tokens]
-    precision = float((similarity.max(dim=1).values * candidate.weights).sum())
-    recall = float((similarity.max(dim=0).values * reference.weights).sum())
-    # as torch computes it in float32 (bert_score turns the NaN of 0/0 into 0)
+    precision = np.float32((similarity.max(axis=1) * candidate.weights).sum())
+    recall = np.float32((similarity.max(axis=0) * reference.weights).sum())
+    # in float32, as bert_score computes it (it turns the NaN of 0/0 into 0)
     f1 = 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
-    return precision, recall, f1
+    return float(precision), float(recall), f1
 
 
 def rescale(value: float, base: float) -> float:
@@ -173,8 +177,8 @@ class BertScoreModel:
                 for row, index in enumerate(chunk):
                     own = hidden[row, : len(texts[index])]
                     # a copy: a cached reference must not keep the whole padded batch alive
-                    vectors = (own / own.norm(dim=-1, keepdim=True)).clone()
-                    weights = torch.tensor(token_weights(texts[index], self.ignored_ids))
+                    vectors = (own / own.norm(dim=-1, keepdim=True)).numpy().copy()
+                    weights = np.array(token_weights(texts[index], self.ignored_ids), dtype=np.float32)
                     total = weights.sum()
                     out[index] = Embedded(vectors, weights / total if total > 0 else weights)
         return [e for e in out if e is not None]

@@ -20,8 +20,11 @@ class ScoreValidatorSettings(PipelineSettings):
     # Rescale with a baseline of unrelated pairs so that 0 means "unrelated" (README, "Scores").
     bertscore_rescale: bool = True
     bertscore_baseline_path: str | None = None
-    # None: every CPU the process may run on (its affinity mask: a container's cpuset counts).
-    torch_num_threads: int | None = None
+    # How the scorer uses the CPUs the process may run on (its affinity mask: a container's cpuset
+    # counts): SCORER_WORKERS batches scored at once, each with TORCH_NUM_THREADS intra-op threads.
+    # Unset, one worker per CPU with one thread each (scorer.scorer_parallelism says why).
+    torch_num_threads: int | None = Field(default=None, ge=1)
+    scorer_workers: int | None = Field(default=None, ge=1)
     # Micro-batching (score_validator.batching): concurrent pairs leave in one model call when
     # SCORER_MAX_BATCH are queued, or when the oldest has waited SCORER_BATCH_WINDOW_MS.
     scorer_max_batch: int = Field(default=32, ge=1)

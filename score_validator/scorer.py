@@ -44,9 +44,28 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def torch_threads(configured: int | None, usable_cpus: int) -> int:
-    """TORCH_NUM_THREADS when given, else every CPU this process may run on (at least 1)."""
-    return configured if configured is not None and configured > 0 else max(1, usable_cpus)
+@dataclass(frozen=True)
+class Parallelism:
+    workers: int  # batches scored at once, each on its own thread
+    torch_threads: int  # intra-op threads of each model call
+
+
+def scorer_parallelism(workers: int | None, torch_threads: int | None, usable_cpus: int) -> Parallelism:
+    """SCORER_WORKERS x TORCH_NUM_THREADS; what is not configured fills the usable CPUs.
+
+    With neither set: one worker per CPU, one torch thread each. The pipeline shares the scorer's
+    cores with Kafka, Flink, PostgreSQL and the consumers, and a model call whose intra-op threads
+    wait for each other at every operation stalls whenever one of them is descheduled: on 2 busy
+    cores one text took 28 ms to embed with 2 torch threads and 5 ms with 1. Two single-threaded
+    calls side by side keep both cores busy without that barrier.
+    """
+    cpus = max(1, usable_cpus)
+    if workers is None and torch_threads is None:
+        return Parallelism(cpus, 1)
+    if workers is None:
+        assert torch_threads is not None
+        return Parallelism(max(1, cpus // torch_threads), torch_threads)
+    return Parallelism(workers, torch_threads or max(1, cpus // workers))
 
 
 def usable_cpu_count() -> int:
@@ -93,8 +112,8 @@ class Scorer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub name fails fast instead of hanging offline
         import torch
 
-        self._threads = torch_threads(settings.torch_num_threads, usable_cpu_count())
-        torch.set_num_threads(self._threads)
+        self.parallelism = scorer_parallelism(settings.scorer_workers, settings.torch_num_threads, usable_cpu_count())
+        torch.set_num_threads(self.parallelism.torch_threads)
         baseline = settings.baseline_file()
         self.model = BertScoreModel(resolve_model(settings.bertscore_model), settings.bertscore_num_layers, baseline)
         self.model_name = Path(settings.bertscore_model).name
@@ -109,12 +128,14 @@ class Scorer:
             max_batch=settings.scorer_max_batch,
             window_s=settings.scorer_batch_window_ms / 1000,
             on_batch=metrics.SCORE_BATCH_SIZE.observe,
+            workers=self.parallelism.workers,
         )
         log.info(
             "BERTScore model loaded",
             extra={
                 "model": self.label,
-                "torch_threads": self._threads,
+                "workers": self.parallelism.workers,
+                "torch_threads": self.parallelism.torch_threads,
                 "max_batch": settings.scorer_max_batch,
                 "batch_window_ms": settings.scorer_batch_window_ms,
             },

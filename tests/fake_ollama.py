@@ -184,9 +184,16 @@ def make_handler(fake: FakeOllama):
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's listen backlog is 5. Each call is a new connection (HTTP/1.0), so the consumers'
+    # bursts of up to 2 x LLM_MAX_CONCURRENCY connects overflowed it and the resets read as LLM
+    # overload, halving their concurrency limit: an artefact of this server, not of an LLM's.
+    request_queue_size = 512
+
+
 def start_fake_ollama(port: int) -> tuple[FakeOllama, ThreadingHTTPServer]:
     fake = FakeOllama()
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(fake))
+    server = _Server(("127.0.0.1", port), make_handler(fake))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return fake, server

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
-import torch
 
 from score_validator.batching import Coalescer, flush_due, plan_chunks
 from score_validator.bertscore import Baseline, Embedded, LruCache, match, rescale, token_weights
-from score_validator.scorer import torch_threads
+from score_validator.scorer import Parallelism, scorer_parallelism
 
 # --- when a batch leaves ----------------------------------------------------------------------
 
@@ -134,6 +134,38 @@ def test_close_scores_what_is_queued_before_stopping():
     assert future.result(timeout=10) == 10 and model.calls == [[5]]
 
 
+def test_workers_score_batches_side_by_side():
+    both_in = threading.Barrier(2, timeout=5)  # passes only when two model calls run at once
+
+    def model(items: list[int]) -> list[int]:
+        both_in.wait()
+        return [2 * i for i in items]
+
+    coalescer = Coalescer(model, max_batch=1, window_s=0.0, workers=2)
+    futures = [coalescer.submit(n) for n in (1, 2)]
+    assert [f.result(timeout=10) for f in futures] == [2, 4]
+    coalescer.close()
+
+
+def test_one_worker_never_runs_two_model_calls_at_once():
+    running, peak = [0], [0]
+    lock = threading.Lock()
+
+    def model(items: list[int]) -> list[int]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        threading.Event().wait(0.01)
+        with lock:
+            running[0] -= 1
+        return items
+
+    coalescer = Coalescer(model, max_batch=1, window_s=0.0)
+    assert coalescer.score([1, 2, 3, 4]) == [1, 2, 3, 4]
+    coalescer.close()
+    assert peak == [1]
+
+
 def test_nothing_is_accepted_after_close():
     coalescer = Coalescer(FakeModel(), max_batch=2, window_s=0.0)
     coalescer.close()
@@ -173,13 +205,13 @@ def test_replacing_a_key_does_not_count_it_twice():
 # --- the matching ------------------------------------------------------------------------------
 
 
-def unit(rows: list[list[float]]) -> torch.Tensor:
-    t = torch.tensor(rows, dtype=torch.float32)
-    return t / t.norm(dim=-1, keepdim=True)
+def unit(rows: list[list[float]]) -> np.ndarray:
+    t = np.array(rows, dtype=np.float32)
+    return t / np.linalg.norm(t, axis=-1, keepdims=True)
 
 
 def embedded(rows: list[list[float]], weights: list[float]) -> Embedded:
-    w = torch.tensor(weights, dtype=torch.float32)
+    w = np.array(weights, dtype=np.float32)
     return Embedded(unit(rows), w / w.sum())
 
 
@@ -223,7 +255,13 @@ def test_baseline_file_row_is_the_layer(tmp_path):
 # --- torch threads -----------------------------------------------------------------------------
 
 
-def test_torch_threads_default_to_the_usable_cpus_and_can_be_overridden():
-    assert torch_threads(None, 6) == 6
-    assert torch_threads(2, 6) == 2
-    assert torch_threads(None, 0) == 1
+def test_unconfigured_scorer_runs_one_single_threaded_worker_per_cpu():
+    assert scorer_parallelism(None, None, 6) == Parallelism(workers=6, torch_threads=1)
+    assert scorer_parallelism(None, None, 0) == Parallelism(workers=1, torch_threads=1)
+
+
+def test_what_is_configured_is_kept_and_the_rest_fills_the_cpus():
+    assert scorer_parallelism(None, 2, 6) == Parallelism(workers=3, torch_threads=2)
+    assert scorer_parallelism(None, 8, 6) == Parallelism(workers=1, torch_threads=8)
+    assert scorer_parallelism(2, None, 6) == Parallelism(workers=2, torch_threads=3)
+    assert scorer_parallelism(4, 4, 2) == Parallelism(workers=4, torch_threads=4)
