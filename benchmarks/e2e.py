@@ -12,7 +12,12 @@ started here) with the project's scripted LLM (tests/fake_ollama.py) in this pro
 - latency: POST /query -> terminal status, one question at a time (p50/p95);
 - rss:     the stack's memory, summed over supervisord and every process under it;
 - query:   POST /query at 8 connections with wrk: new questions (claim, publish, acknowledgement)
-           and cache hits (req/s, p50, p99).
+           and cache hits (req/s, p50, p99);
+- oneslot: a one-slot LLM (answers one call at a time, 503 to any other) under a burst of
+           questions, twice in the same run: the stack's LLM consumers as configured (adaptive
+           concurrency up to LLM_MAX_CONCURRENCY), and the same workload with the stack's consumers
+           replaced by the same programs at LLM_MAX_CONCURRENCY=1 (one call in flight each). The
+           target: the adaptive limit raises neither the LLM's 503 rate nor POST -> terminal p50.
 
 The pipeline is measured as it is configured (however many LLM calls a consumer keeps in flight):
 every rate is questions that reached a terminal status in PostgreSQL per second, from the first
@@ -30,13 +35,15 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,12 +54,23 @@ from typing import Any
 import psycopg
 import requests
 
-PARTS = ("scorer", "instant", "slow", "latency", "rss", "query")
+PARTS = ("scorer", "instant", "slow", "latency", "rss", "query", "oneslot")
 IN_FLIGHT = 8  # POST /score requests in flight, and wrk's connections
+# Enough for about 10 s of steady work: the first and last second (an empty pipeline filling and
+# draining) weigh little.
+INSTANT_QUESTIONS = 1000
 SLOW_LLM_S = 1.0
 SLOW_LLM_SLOTS = 32
 # Enough for the consumers' adaptive limit to matter more than its slow start (about 5 s to reach 32).
 SLOW_LLM_QUESTIONS = 1600
+# The one-slot LLM: answers one call at a time, in this long, and 503s any call beyond it. A burst of
+# questions (more than the consumers can have in flight) is what tempts an adaptive limit upwards.
+ONESLOT_LLM_S = 0.25
+ONESLOT_QUESTIONS = 80
+ONESLOT_DEADLINE_S = 150  # per half; at least 20 s of LLM work, 503s cost retries of 1 + 2 + 4 s
+# "No worse" allows for run-to-run noise: the adaptive half may be worse by up to these margins.
+ONESLOT_P50_SLACK = 0.10  # relative: 10 % of the one-at-a-time p50
+ONESLOT_REFUSED_SLACK = 0.02  # absolute: two percentage points of 503s
 
 
 def test_support(name: str) -> Any:
@@ -116,10 +134,11 @@ class Pipeline:
             self._session.value = requests.Session()
         return self._session.value
 
-    def new_question(self, answer_delay_s: float = 0.0) -> tuple[str, str]:
-        """(question text, reference) of a question nobody asked, scripted to be answered right."""
+    def new_question(self, answer_delay_s: float = 0.0, pair_index: int | None = None) -> tuple[str, str]:
+        """(question text, reference) of a question nobody asked, scripted to be answered right;
+        `pair_index` picks the calibration pair (two workloads of the same pairs), else the next."""
         self._asked += 1
-        pair = self.pairs[self._asked % len(self.pairs)]
+        pair = self.pairs[(self._asked if pair_index is None else pair_index) % len(self.pairs)]
         marker = f"[bench {self.run}.{self._asked}]"  # brackets: no marker is a prefix of another
         self.fake.script(marker, test_support("fake_ollama").Answer(pair.candidate, delay_s=answer_delay_s))
         return f"{pair.question} {marker}", pair.reference
@@ -233,7 +252,7 @@ def scorer_rate(pipe: Pipeline, in_flight: int, n: int, deadline_s: float) -> di
 
 def bench_instant(pipe: Pipeline, scorer: dict | None) -> dict[str, Any]:
     pipe.fake.serve_like()
-    result = pipe.throughput(400, 90, "instant LLM")
+    result = pipe.throughput(INSTANT_QUESTIONS, 120, "instant LLM")
     if scorer:
         result["vs_scorer"] = round(result["validated_per_s"] / scorer["pairs_per_s"], 2)
         result["vs_single_pair"] = round(result["validated_per_s"] / scorer["single_pair"]["pairs_per_s"], 2)
@@ -405,6 +424,310 @@ def bench_query(pipe: Pipeline) -> dict[str, Any]:
     return {"new_question": new, "cache_hit": hits, "new_questions_ended": state["terminal"] == len(ids)}
 
 
+# -- oneslot: the adaptive limit against a one-slot LLM, and one call in flight per consumer ---------
+
+
+def refused_rate(refused: int, answered: int) -> float:
+    """The LLM's 503 rate: calls it refused for want of a free slot / every call it saw."""
+    seen = refused + answered
+    return refused / seen if seen else 0.0
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return round(value / baseline, 2)
+
+
+def judge_one_slot(
+    adaptive: dict[str, Any],
+    one_at_a_time: dict[str, Any],
+    *,
+    p50_slack: float = ONESLOT_P50_SLACK,
+    refused_slack: float = ONESLOT_REFUSED_SLACK,
+) -> dict[str, Any]:
+    """Issue 10's target for a one-slot LLM: the adaptive consumers' 503 rate and POST -> terminal
+    p50 no worse than with one call in flight. Each half is a dict with `refused_rate` (0..1) and
+    `p50_ms` (None when no question ended). The 503 rate gets an absolute slack (0 against 0.01 is no
+    regression), the p50 a relative one. A half with no p50 cannot show the target holds."""
+    rate_ok = adaptive["refused_rate"] <= one_at_a_time["refused_rate"] + refused_slack
+    p50, baseline_p50 = adaptive.get("p50_ms"), one_at_a_time.get("p50_ms")
+    p50_ok = p50 is not None and baseline_p50 is not None and p50 <= baseline_p50 * (1 + p50_slack)
+    return {
+        "refused_rate_ratio": ratio(adaptive["refused_rate"], one_at_a_time["refused_rate"]),
+        "p50_ratio": ratio(p50, baseline_p50),
+        "validated_per_s_ratio": ratio(adaptive.get("validated_per_s"), one_at_a_time.get("validated_per_s")),
+        "refused_rate_no_worse": rate_ok,
+        "p50_no_worse": p50_ok,
+        "holds": rate_ok and p50_ok,
+        "slack": {"p50_relative": p50_slack, "refused_rate_absolute": refused_slack},
+    }
+
+
+def group_settled(stable: bool, client_ids: list[str], pids: list[int]) -> bool:
+    """The LLM consumer group is stable with exactly the processes `pids` (an llm_consumer's client
+    id ends in its pid): no member of the processes before them left over, none missing."""
+    member_pids = sorted(client_id.rsplit("-", 1)[-1] for client_id in client_ids)
+    return stable and member_pids == sorted(str(pid) for pid in pids)
+
+
+def program_section(conf_text: str, program: str) -> dict[str, str]:
+    """The options of [program:<program>] in a supervisord configuration, `%%` read back as `%`."""
+    import configparser
+
+    parser = configparser.RawConfigParser()
+    parser.read_string(conf_text)
+    return {key: value.replace("%%", "%") for key, value in parser.items(f"program:{program}")}
+
+
+def program_environment(section: dict[str, str]) -> dict[str, str]:
+    """A program's own `environment=` as supervisord parses it (added to supervisord's environment)."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    return dict_of_key_value_pairs(section["environment"]) if section.get("environment") else {}
+
+
+def answered_call_latencies_ms(lines: Iterable[str], question_ids: set[str]) -> list[float]:
+    """The LLM calls answered for `question_ids`, as llm_consumer timed them (its JSON log lines)."""
+    latencies = []
+    for line in lines:
+        if '"LLM answered"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("question_id") in question_ids and "latency_ms" in record:
+            latencies.append(float(record["latency_ms"]))
+    return latencies
+
+
+def lines_after(path: Path, offset: int) -> list[str]:
+    """The lines written to `path` after it was `offset` bytes long (all of it, if it was rotated)."""
+    try:
+        with path.open("rb") as log:
+            if path.stat().st_size >= offset:
+                log.seek(offset)
+            return log.read().decode(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def llm_consumer_pids(layout: Any) -> dict[str, int]:
+    """The stack's running LLM consumer processes ('llm-consumer:llm-consumer-0') and their pids."""
+    from scripts.platform.processes import supervisorctl
+
+    found = {}
+    for line in supervisorctl(layout, "status", check=False).stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[0].startswith("llm-consumer:") and fields[1] == "RUNNING":
+            found[fields[0]] = int(fields[3].rstrip(","))
+    return found
+
+
+def wait_llm_group(bootstrap: str, pids: list[int], timeout_s: float = 120) -> float:
+    """Wait until the LLM consumer group is stable with exactly `pids`; the seconds it took. Asking
+    before would leave part of the burst to the rebalance rather than to the consumers measured."""
+    from confluent_kafka import ConsumerGroupState, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from common.topics import GROUP_LLM_CONSUMER
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    started = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - started < timeout_s:
+        try:
+            group = admin.describe_consumer_groups([GROUP_LLM_CONSUMER], request_timeout=5)[GROUP_LLM_CONSUMER]
+            description = group.result()
+            client_ids = [member.client_id for member in description.members]
+            if group_settled(description.state == ConsumerGroupState.STABLE, client_ids, pids):
+                return round(time.monotonic() - started, 1)
+            last = f"{description.state}, members {client_ids}"
+        except KafkaException as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"the LLM consumer group did not settle on processes {pids} in {timeout_s}s ({last})")
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (SystemExit), so `finally:` blocks put the stack back together."""
+
+    def leave(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_processes(processes: list[subprocess.Popen], grace_s: float) -> None:
+    """SIGTERM (an llm_consumer drains, produces and commits), SIGKILL after `grace_s`."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            progress(f"llm_consumer {proc.pid} did not stop in {grace_s:.0f}s; killing it")
+            proc.kill()
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class Consumers:
+    """The LLM consumers a half of the oneslot part runs against: their pids and log files."""
+
+    pids: list[int]
+    logs: list[Path]
+    max_concurrency: int
+
+
+@contextmanager
+def one_call_each(stack: Any) -> Iterator[Consumers]:
+    """The stack's LLM consumer programs replaced by the same programs (command, directory and
+    environment from the supervisord configuration, on the environment supervisord was given) with
+    LLM_MAX_CONCURRENCY=1; the stack's programs are started again on the way out, whatever happens."""
+    from scripts.platform.layout import Layout
+    from scripts.platform.processes import supervisorctl
+
+    layout = Layout("test-stack", stack.env)
+    conf_text = layout.path("supervisord.conf").read_text()
+    names = sorted(llm_consumer_pids(layout))
+    if not names:
+        raise RuntimeError("no LLM consumer runs under the test stack's supervisord")
+    sections = {name: program_section(conf_text, name.split(":", 1)[1]) for name in names}
+    logs = [layout.path("logs", f"bench-oneslot-{name.split(':', 1)[1]}.log") for name in names]
+    processes: list[subprocess.Popen] = []
+    with sigterm_as_exit():
+        try:
+            supervisorctl(layout, "stop", "llm-consumer:*", check=False)  # SIGTERM; waits for them to exit
+            for name, log_path in zip(names, logs, strict=True):
+                section = sections[name]
+                env = {**stack.env, **program_environment(section), "LLM_MAX_CONCURRENCY": "1"}
+                with log_path.open("ab") as log_file:
+                    processes.append(
+                        subprocess.Popen(
+                            shlex.split(section["command"]),
+                            cwd=section.get("directory") or None,
+                            env=env,
+                            stdout=log_file,
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True,  # a Ctrl-C reaches this process only; it stops them
+                        )
+                    )
+            yield Consumers([proc.pid for proc in processes], logs, max_concurrency=1)
+        finally:
+            stop_processes(processes, grace_s=layout.llm_timeout_s + 30)
+            supervisorctl(layout, "start", "llm-consumer:*", check=False)
+            progress("the stack's LLM consumers are running again")
+
+
+def stack_consumers(stack: Any) -> Consumers:
+    """The stack's own LLM consumer programs, as configured."""
+    from llm_consumer.config import LLMConsumerSettings
+    from scripts.platform.layout import Layout
+
+    layout = Layout("test-stack", stack.env)
+    conf_text = layout.path("supervisord.conf").read_text()
+    pids = llm_consumer_pids(layout)
+    sections = [program_section(conf_text, name.split(":", 1)[1]) for name in sorted(pids)]
+    env = {**stack.env, **program_environment(sections[0])} if sections else dict(stack.env)
+    return Consumers(
+        pids=[pids[name] for name in sorted(pids)],
+        logs=[Path(section["stdout_logfile"]) for section in sections if section.get("stdout_logfile")],
+        max_concurrency=LLMConsumerSettings.from_env(env).llm_max_concurrency,
+    )
+
+
+def post_to_terminal_s(database_url: str, ids: list[str]) -> list[tuple[str, float]]:
+    """Per question that ended: its status and the seconds from its creation (POST) to completion."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            """
+            SELECT status, extract(epoch FROM completed_at - created_at)
+            FROM questions WHERE question_id = ANY(%s) AND completed_at IS NOT NULL
+            """,
+            (ids,),
+        ).fetchall()
+    return [(status, float(seconds)) for status, seconds in rows]
+
+
+def oneslot_half(pipe: Pipeline, consumers: Consumers, label: str) -> dict[str, Any]:
+    """The burst against the one-slot LLM, with `consumers` (already settled in their group)."""
+    marks = {path: size_of(path) for path in consumers.logs}
+    pipe.fake.serve_like(latency_s=ONESLOT_LLM_S, slots=1, overflow="503")
+    with pipe.fake.lock:
+        refused_before, answered_before = pipe.fake.refused, len(pipe.fake.calls)
+    questions = [pipe.new_question(pair_index=i) for i in range(ONESLOT_QUESTIONS)]
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        ids = list(pool.map(lambda q: pipe.ask(*q), questions))
+    progress(f"{label}: {len(ids)} questions asked")
+    result = pipe.wait_terminal(ids, ONESLOT_DEADLINE_S, label)
+    with pipe.fake.lock:
+        refused, answered = pipe.fake.refused - refused_before, len(pipe.fake.calls) - answered_before
+    pipe.fake.serve_like()
+    if result["cut_short"]:
+        pipe.drain(questions, ids)
+    ended = post_to_terminal_s(pipe.stack.database_url, ids)
+    latencies = [seconds for _, seconds in ended]
+    lines = [line for path, offset in marks.items() for line in lines_after(path, offset)]
+    call_ms = answered_call_latencies_ms(lines, set(ids))
+    result.update(
+        {
+            "llm_max_concurrency": consumers.max_concurrency,
+            "consumers": len(consumers.pids),
+            "llm_calls": refused + answered,
+            "llm_refused_503": refused,
+            "refused_rate": round(refused_rate(refused, answered), 3),
+            "failed": sum(1 for status, _ in ended if status == "failed"),
+            "p50_ms": round(percentile(latencies, 50) * 1000) if latencies else None,
+            "p95_ms": round(percentile(latencies, 95) * 1000) if latencies else None,
+            "answered_call_p50_ms": round(percentile(call_ms, 50)) if call_ms else None,
+            "answered_call_p95_ms": round(percentile(call_ms, 95)) if call_ms else None,
+            "answered_calls_logged": len(call_ms),
+        }
+    )
+    return result
+
+
+def bench_oneslot(pipe: Pipeline) -> dict[str, Any]:
+    """One call in flight per consumer first, then the stack's consumers as configured: both halves
+    start on fresh processes (the stack's are restarted by the swap back) right after their group
+    settled, and the warm-up has run the pipeline (scorer, Flink job) before either."""
+    pipe.fake.serve_like()
+    warm_up = pipe.throughput(8, 60, "one-slot warm-up (instant LLM)")
+    progress(f"warm-up: {warm_up['terminal']}/{warm_up['questions']} terminal")
+    bootstrap = pipe.stack.kafka_bootstrap
+    with one_call_each(pipe.stack) as consumers:
+        settled = wait_llm_group(bootstrap, consumers.pids)
+        progress(f"one call in flight per consumer: group settled on {consumers.pids} after {settled}s")
+        one_at_a_time = {**oneslot_half(pipe, consumers, "one-slot LLM, one call each"), "group_settled_s": settled}
+        progress(f"one call in flight each: {one_at_a_time}")
+    consumers = stack_consumers(pipe.stack)
+    settled = wait_llm_group(bootstrap, consumers.pids)
+    progress(f"as configured: group settled on {consumers.pids} after {settled}s")
+    adaptive = {**oneslot_half(pipe, consumers, "one-slot LLM, as configured"), "group_settled_s": settled}
+    return {
+        "llm_latency_s": ONESLOT_LLM_S,
+        "llm_slots": 1,
+        "questions": ONESLOT_QUESTIONS,
+        "p50_is": "POST /query -> terminal status (PostgreSQL created_at -> completed_at), every question that ended",
+        "one_at_a_time": one_at_a_time,
+        "adaptive": adaptive,
+        "verdict": judge_one_slot(adaptive, one_at_a_time),
+    }
+
+
 @contextmanager
 def test_stack(keep: bool) -> Iterator[tuple[Any, Any]]:
     """The test stack and the scripted LLM, as the test suite's session fixtures start them."""
@@ -469,6 +792,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"RSS {get('rss', 'rss_mb')} MB",
             f"PSS {get('rss', 'pss_mb')} MB, {get('rss', 'processes')} processes",
         ),
+        *oneslot_rows(r.get("oneslot")),
     ]
     lines = [
         f"# End-to-end benchmark {report['when']}",
@@ -482,6 +806,36 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def oneslot_rows(oneslot: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """The oneslot part's rows: each half, then the ratios and whether the target holds."""
+    if not oneslot or "adaptive" not in oneslot:
+        return []
+    llm = f"one-slot {oneslot['llm_latency_s']:g} s LLM (503 beyond it), {oneslot['questions']} questions at once"
+
+    def half(name: str, how: str) -> tuple[str, str, str]:
+        h = oneslot[name]
+        return (
+            f"{llm}, {how}: 503 rate, POST -> terminal",
+            f"{h['refused_rate']:.1%} of {h['llm_calls']} calls; p50 {h['p50_ms']} ms, p95 {h['p95_ms']} ms",
+            f"{h['validated_per_s']} validated/s ({h['validated']} validated, {h['failed']} failed); "
+            f"answered calls p50 {h['answered_call_p50_ms']} ms",
+        )
+
+    verdict = oneslot["verdict"]
+    slack = verdict["slack"]
+    return [
+        half("one_at_a_time", "one call in flight per consumer"),
+        half("adaptive", f"consumers as configured (LLM_MAX_CONCURRENCY={oneslot['adaptive']['llm_max_concurrency']})"),
+        (
+            "one-slot LLM: adaptive / one call in flight",
+            f"503 rate {verdict['refused_rate_ratio']}x, p50 {verdict['p50_ratio']}x",
+            f"target {'holds' if verdict['holds'] else 'MISSED'} (no worse: 503 rate within "
+            f"+{slack['refused_rate_absolute']:.0%} points, p50 within +{slack['p50_relative']:.0%}); "
+            f"validated/s {verdict['validated_per_s_ratio']}x",
+        ),
+    ]
 
 
 def main() -> None:
@@ -507,6 +861,7 @@ def main() -> None:
             "latency": lambda: bench_latency(pipe),
             "rss": lambda: bench_rss(pipe),
             "query": lambda: bench_query(pipe),
+            "oneslot": lambda: bench_oneslot(pipe),
         }
         for name in PARTS:
             if name in parts:

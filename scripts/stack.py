@@ -13,6 +13,7 @@ observability.py (Prometheus: the scrape targets and their configuration), healt
 deploy.py (the Flink job).
 """
 
+# ruff: noqa: E402 - the settings are checked (check_settings) before the platform's modules read them
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,37 @@ from pathlib import Path
 # Run as a script (`python scripts/stack.py`): the project's packages are importable from its root.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pydantic import ValidationError
+
+from common.settings import StackSettings
+
+
+def settings_problems(error: ValidationError) -> str:
+    """Each bad setting as its variable, its value and the rule it breaks, on one line:
+    `LLM_CONSUMERS='0': Input should be greater than or equal to 1`."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']).upper()}={problem['input']!r}: {problem['msg']}"
+        for problem in error.errors()
+    )
+
+
+def check_settings() -> None:
+    """A bad setting (LLM_CONSUMERS=0, TASKMANAGERS=many) stops the command with one line, not a traceback."""
+    try:
+        StackSettings()
+    except ValidationError as exc:
+        raise SystemExit(f"[stack] bad configuration: {settings_problems(exc)} (README, Configuration)") from None
+
+
+check_settings()  # before the imports below: scripts/platform/layout.py reads the settings as it loads
+
+from common import topics
 from score_validator.config import ScoreValidatorSettings
 from scripts.platform.deploy import deploy_flink_job, flink_job_status
 from scripts.platform.health import (
+    consumer_group_summary,
     flink_ready,
+    group_members,
     http_ok,
     kafka_ready,
     ollama_answers,
@@ -36,19 +64,23 @@ from scripts.platform.health import (
     postgres_ready,
     redis_ready,
     scrape_health,
+    topic_partitions,
     wait_for,
 )
 from scripts.platform.init import init_database, init_topics, initialise_storage
 from scripts.platform.layout import VENV, Layout, log, masked
-from scripts.platform.observability import SCRAPE_INTERVAL
+from scripts.platform.observability import SCRAPE_INTERVAL, clashing_ports, llm_consumer_metrics_ports
 from scripts.platform.processes import (
     BACKUP_SCORER,
     EMBEDDED_LLM,
     EMBEDDED_MODEL_NAME,
     PLATFORM,
     SERVICES,
-    configured_programs,
+    configured_processes,
+    idle_llm_consumers_warning,
+    llm_consumers_among,
     platform_programs,
+    program_of,
     running_processes,
     start_programs,
     stop_plan,
@@ -61,6 +93,12 @@ __all__ = ["BACKUP_SCORER", "EMBEDDED_LLM", "PLATFORM", "SERVICES", "Layout", "m
 
 
 def ensure_ports_free(layout: Layout) -> None:
+    clashes = clashing_ports(layout.ports())
+    if clashes:
+        shared = "; ".join(f":{port} for {' and '.join(names)}" for port, names in sorted(clashes.items()))
+        raise SystemExit(
+            f"[stack] two listeners were given one port: {shared}. Change the ports (README, Configuration)."
+        )
     busy = [f"{name} :{port}" for name, port in layout.ports().items() if port_open(port)]
     if busy:
         raise SystemExit(
@@ -70,14 +108,29 @@ def ensure_ports_free(layout: Layout) -> None:
 
 
 def refuse_a_changed_platform(layout: Layout) -> None:
-    """A running stack keeps the programs it started with: TASKMANAGERS raised since needs a restart."""
-    configured = configured_programs(layout)  # one `supervisorctl status`, not one per program
-    missing = [name for name in platform_programs(layout) if name not in configured]
+    """A running stack keeps the programs it started with: TASKMANAGERS raised, or LLM_CONSUMERS
+    changed, since then needs a restart (`make up` would otherwise start what the old config has)."""
+    configured = configured_processes(layout)  # one `supervisorctl status`, not one per program
+    programs = {program_of(name) for name in configured}
+    missing = [name for name in platform_programs(layout) if name not in programs]
     if missing:
         raise SystemExit(
             f"[stack] the running stack has no {', '.join(missing)} (TASKMANAGERS={layout.taskmanagers} now): "
             "`make down` first, then `make up` again"
         )
+    running = llm_consumers_among(configured)
+    if running != layout.llm_consumers:
+        raise SystemExit(
+            f"[stack] the running stack has {running} LLM consumers (LLM_CONSUMERS={layout.llm_consumers} now): "
+            "`make down` first, then `make up` again"
+        )
+
+
+def warn_of_idle_llm_consumers(layout: Layout) -> None:
+    """More LLM consumers than partitions of the topic they read: say so (README, "Scaling out")."""
+    warning = idle_llm_consumers_warning(layout.llm_consumers, topic_partitions(layout, topics.QUESTIONS_PENDING))
+    if warning:
+        log(f"WARNING: {warning}")
 
 
 def up(layout: Layout, platform_only: bool) -> None:
@@ -116,6 +169,7 @@ def up(layout: Layout, platform_only: bool) -> None:
         wait_for("embedded LLM", lambda: ollama_answers(layout.ollama_url), 240, interval_s=1, layout=layout)
     else:
         log(f"LLM: using the Ollama API at {layout.ollama_url}")
+    warn_of_idle_llm_consumers(layout)
     start_programs(layout, SERVICES)
     if ScoreValidatorSettings.from_env(layout.env).score_validator_backup_consumer:
         start_programs(layout, [BACKUP_SCORER])
@@ -149,6 +203,8 @@ def print_summary(layout: Layout, platform_only: bool) -> None:
             f"Kafka browser    {layout.kafka_ui_url}  (topics, consumer lag, latest messages)",
             f"dashboard        {layout.dashboard_url}  (live charts, latest outcomes, question trace)",
             f"LLM (Ollama API) {layout.ollama_url}",
+            f"LLM consumers    {layout.llm_consumers} (LLM_CONSUMERS; metrics on "
+            f"{', '.join(f':{port}' for port in llm_consumer_metrics_ports(layout.llm_consumers).values())})",
         ]
     lines.append(f"logs             {layout.path('logs')}")
     log("up and healthy:\n  " + "\n  ".join(lines))
@@ -178,6 +234,17 @@ def status(layout: Layout) -> None:
     print(supervisorctl(layout, "status", check=False).stdout, end="")
     print(f"{'flink job':<33}{flink_job_status(layout)}")
     print(f"{'prometheus scrapes':<33}{scrape_health(layout)}")
+    print(f"{'llm-consumer group':<33}{llm_consumer_group_health(layout)}")
+
+
+def llm_consumer_group_health(layout: Layout) -> str:
+    """How many LLM consumers the broker has in their group, of how many the stack runs."""
+    try:
+        members = group_members(layout, topics.GROUP_LLM_CONSUMER)
+        partitions = topic_partitions(layout, topics.QUESTIONS_PENDING)
+    except Exception as exc:  # noqa: BLE001 - a status line, whatever Kafka's client raised
+        return f"UNKNOWN (Kafka unreachable: {exc})"
+    return consumer_group_summary(members, llm_consumers_among(configured_processes(layout)), partitions)
 
 
 def main(argv: list[str] | None = None) -> None:

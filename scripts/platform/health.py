@@ -43,6 +43,34 @@ def kafka_ready(layout: Layout) -> bool:
     return True
 
 
+def topic_partitions(layout: Layout, topic: str) -> int:
+    """How many partitions `topic` has now (KAFKA_PARTITIONS, or more if it was raised before)."""
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient({"bootstrap.servers": layout.kafka_bootstrap}).list_topics(topic=topic, timeout=5)
+    return len(metadata.topics[topic].partitions)
+
+
+def group_members(layout: Layout, group: str) -> int:
+    """How many consumers are members of `group` now, as the broker sees it."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": layout.kafka_bootstrap})
+    return len(admin.describe_consumer_groups([group], request_timeout=5)[group].result().members)
+
+
+def consumer_group_summary(members: int, consumers: int, partitions: int) -> str:
+    """`make status`'s line on the LLM consumers: how many are in their group, and how many of those
+    can get work (one partition goes to one member)."""
+    notes = []
+    if members < consumers:
+        notes.append(f"{consumers - members} not in it (starting? see llm-consumer-*.log)")
+    if members > partitions:
+        notes.append(f"{members - partitions} idle (more consumers than partitions: KAFKA_PARTITIONS)")
+    summary = f"{members}/{consumers} in the group, {partitions} partitions"
+    return summary + (f"; {'; '.join(notes)}" if notes else "")
+
+
 def postgres_ready(layout: Layout) -> bool:
     import psycopg
 

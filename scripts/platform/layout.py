@@ -103,6 +103,10 @@ class Layout:
         return self.settings.taskmanagers
 
     @property
+    def llm_consumers(self) -> int:
+        return self.settings.llm_consumers
+
+    @property
     def bind_host(self) -> str:
         """Where every port of the stack listens: loopback unless BIND_HOST says otherwise."""
         return self.settings.bind_host
@@ -217,5 +221,5 @@ class Layout:
             "kafka-ui": self.kafka_ui_port,
             "prometheus": self.prometheus_port,
             "dashboard": self.dashboard_port,
-            **{f"{name} metrics": port for name, port in metrics_ports(self.taskmanagers).items()},
+            **{f"{name} metrics": port for name, port in metrics_ports(self.taskmanagers, self.llm_consumers).items()},
         }

@@ -15,15 +15,19 @@ from scripts.platform.layout import ROOT, Layout, url_host
 
 # Workers without an HTTP server of their own serve /metrics on METRICS_PORT (common/metrics.py).
 # Natively every process needs its own port; in compose each container has its network namespace.
+# The workers that run once; the LLM consumers' ports follow LLM_CONSUMERS (llm_consumer_metrics_ports).
 WORKER_METRICS_PORTS = {
     "storage-consumer": 9101,
-    "llm-consumer-0": 9102,
-    "llm-consumer-1": 9103,
     "retry-overload-consumer": 9104,
     "retry-quota-consumer": 9105,
     "flink-job-watchdog": 9107,
 }
 BACKUP_SCORER_METRICS_PORT = 9106  # score-validator-backup, which runs only when asked for
+# The first two LLM consumers keep the ports of the two-consumer stack (README); llm-consumer-N for N >= 2
+# listens on 9110 + N (9112..9125 with LLM_CONSUMERS=16), a range no other port of the stack is in.
+LLM_CONSUMER_GROUP = "llm-consumer"  # the supervisord group of the llm-consumer-N programs
+FIRST_LLM_CONSUMER_METRICS_PORTS = (9102, 9103)
+MORE_LLM_CONSUMERS_METRICS_BASE = 9110
 COMPOSE_METRICS_PORT = 9100
 # Flink's own reporter (flink-metrics-prometheus): the JobManager and the TaskManager are separate
 # JVMs on one machine, so each gets a fixed port of its own (a range would make the port depend on
@@ -36,9 +40,38 @@ def taskmanager_programs(taskmanagers: int) -> list[str]:
     return ["flink-taskmanager", *(f"flink-taskmanager-{i}" for i in range(2, taskmanagers + 1))]
 
 
-def metrics_ports(taskmanagers: int) -> dict[str, int]:
+def llm_consumer_programs(consumers: int) -> list[str]:
+    """llm-consumer-0, -1...: one supervisord program each (so each has a METRICS_PORT of its own;
+    supervisord's numprocs would give them one environment), grouped as `llm-consumer`."""
+    return [f"{LLM_CONSUMER_GROUP}-{i}" for i in range(consumers)]
+
+
+def llm_consumer_metrics_ports(consumers: int) -> dict[str, int]:
+    """Each LLM consumer's METRICS_PORT: 9102 and 9103 for the first two, then 9110 + N."""
+    first = FIRST_LLM_CONSUMER_METRICS_PORTS
+    return {
+        name: first[i] if i < len(first) else MORE_LLM_CONSUMERS_METRICS_BASE + i
+        for i, name in enumerate(llm_consumer_programs(consumers))
+    }
+
+
+def worker_metrics_ports(llm_consumers: int) -> dict[str, int]:
+    """METRICS_PORT of every worker the stack runs (the backup scorer's only when it runs)."""
+    return {**WORKER_METRICS_PORTS, **llm_consumer_metrics_ports(llm_consumers)}
+
+
+def metrics_ports(taskmanagers: int, llm_consumers: int) -> dict[str, int]:
     """The metrics ports every running stack listens on (the backup scorer's only when it runs)."""
-    return {**WORKER_METRICS_PORTS, **flink_reporter_ports(taskmanagers)}
+    return {**worker_metrics_ports(llm_consumers), **flink_reporter_ports(taskmanagers)}
+
+
+def clashing_ports(ports: dict[str, int]) -> dict[int, list[str]]:
+    """Ports of a port plan that more than one listener was given (an overridden port landing on
+    another's): port -> who wants it. Empty when every listener has a port of its own."""
+    wanted: dict[int, list[str]] = {}
+    for name, port in ports.items():
+        wanted.setdefault(port, []).append(name)
+    return {port: names for port, names in wanted.items() if len(names) > 1}
 
 
 def flink_reporter_ports(taskmanagers: int) -> dict[str, int]:
@@ -82,9 +115,16 @@ def scrape_targets(layout: Layout, *, backup_scorer: bool = False, embedded_llm:
     scorer (SCORE_VALIDATOR_BACKUP_CONSUMER) and the embedded LLM only when they run: a target never
     started would be `down`. Compose's opt-in profiles are left out alike."""
 
+    ports = worker_metrics_ports(layout.llm_consumers)
+
     def worker(job: str, program: str, compose_service: str, service: str | None = None) -> ScrapeTarget:
-        port = WORKER_METRICS_PORTS.get(program, BACKUP_SCORER_METRICS_PORT)
+        port = ports.get(program, BACKUP_SCORER_METRICS_PORT)
         return ScrapeTarget(job, service or program, port, compose_service=compose_service)
+
+    def llm_consumer(program: str) -> ScrapeTarget:
+        # Compose runs them as replicas of one service (`--scale llm-consumer=N`), whatever N.
+        service = LLM_CONSUMER_GROUP
+        return ScrapeTarget(service, service, ports[program], compose_service=service, scalable=True)
 
     targets = [
         ScrapeTarget("storage", "storage-service", layout.storage_port, "/metrics/prometheus", "storage-service", 5001),
@@ -95,8 +135,7 @@ def scrape_targets(layout: Layout, *, backup_scorer: bool = False, embedded_llm:
         ScrapeTarget("kafka-ui", "kafka-ui", layout.kafka_ui_port, "/metrics/prometheus", "kafka-lag", 8080),
         ScrapeTarget("dashboard", "dashboard", layout.dashboard_port, "/metrics/prometheus", "dashboard", 8090),
         worker("storage-consumer", "storage-consumer", "storage-consumer"),
-        worker("llm-consumer", "llm-consumer-0", "llm-consumer", service="llm-consumer"),
-        worker("llm-consumer", "llm-consumer-1", "llm-consumer", service="llm-consumer"),
+        *(llm_consumer(program) for program in llm_consumer_programs(layout.llm_consumers)),
         worker("retry-consumer", "retry-overload-consumer", "retry-overload-consumer"),
         worker("retry-consumer", "retry-quota-consumer", "retry-quota-consumer"),
         worker("watchdog", "flink-job-watchdog", "flink-job-submit"),

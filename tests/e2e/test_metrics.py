@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common import topics
 from scripts.platform.layout import Layout
-from scripts.platform.observability import WORKER_METRICS_PORTS
+from scripts.platform.observability import worker_metrics_ports
 from tests.conftest import terminal, unique, wait_until
 from tests.fake_ollama import Answer, Fail
 
@@ -52,13 +52,14 @@ def endpoints(stack) -> dict[str, list[str]]:
     """Where each process serves its metrics: the HTTP services on their own port, the workers on
     the port plan's METRICS_PORT (scripts/platform/observability.py)."""
     layout = Layout("test-stack", stack.env)
-    worker = {name: f"http://127.0.0.1:{port}/metrics" for name, port in WORKER_METRICS_PORTS.items()}
+    ports = worker_metrics_ports(layout.llm_consumers)
+    worker = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
     return {
         "storage": [f"{stack.storage_url}/metrics/prometheus"],
         "score-validator": [f"{stack.scorer_url}/metrics/prometheus"],
         "kafka-ui": [f"{layout.kafka_ui_url}/metrics/prometheus"],
         "storage-consumer": [worker["storage-consumer"]],
-        "llm-consumer": [worker["llm-consumer-0"], worker["llm-consumer-1"]],
+        "llm-consumer": [url for name, url in worker.items() if name.startswith("llm-consumer-")],
         "retry-overload-consumer": [worker["retry-overload-consumer"]],
         "watchdog": [worker["flink-job-watchdog"]],
     }
@@ -155,5 +156,6 @@ def test_every_process_exposes_its_metrics_and_they_move_with_real_questions(
     lag_groups = label_values(kafka, "yahoo_kafka_consumer_lag", "group")
     assert {topics.GROUP_LLM_CONSUMER, topics.GROUP_STORAGE} <= lag_groups
     assert label_values(kafka, "yahoo_kafka_consumer_lag", "partition") <= {"0", "1", "2"}
-    assert total(kafka, "yahoo_kafka_consumer_group_members", group=topics.GROUP_LLM_CONSUMER) == 2
+    llm_consumers = len(endpoints["llm-consumer"])  # LLM_CONSUMERS of the test stack, 2 by default
+    assert total(kafka, "yahoo_kafka_consumer_group_members", group=topics.GROUP_LLM_CONSUMER) == llm_consumers
     assert total(kafka, "yahoo_kafka_consumer_group_members", group=topics.GROUP_STORAGE) == 1

@@ -50,7 +50,7 @@ def test_percent_in_environment_and_command_reaches_the_process_unchanged(layout
         "DATABASE_URL": "postgresql://yahoo:a%2Cb@localhost:5432/yahoo_llm",
         "LIST": "a,b=c",
     }
-    section = processes.program("svc", "/bin/echo 100% done", layout_for(), environment=env)
+    section = processes.program("svc", "/bin/echo 100% done", layout_for(WORKER_NICE="0"), environment=env)
     assert 'REDIS_URL="redis://:p%%40ss%%25word@localhost:6379/0"' in section
     [config] = parse_programs(section).values()
     assert config.environment == env
@@ -115,9 +115,9 @@ def test_supervisord_priorities_give_its_own_shutdown_the_same_order(layout_for)
 @pytest.mark.parametrize("timeout", ["120", "3", "400"])
 def test_consumers_may_finish_an_llm_call_before_they_are_killed(layout_for, timeout):
     layout = layout_for(LLM_TIMEOUT_S=timeout)
-    sections = [processes.program(name, "/bin/true", layout) for name in sorted(processes.CONSUMERS)]
-    parsed = parse_programs(*sections)
-    assert {"llm-consumer-0", "llm-consumer-1", "storage-consumer"} <= set(parsed)
+    consumers = [*sorted(processes.CONSUMERS), *observability.llm_consumer_programs(16)]
+    parsed = parse_programs(*(processes.program(name, "/bin/true", layout) for name in consumers))
+    assert {"llm-consumer-0", "llm-consumer-1", "llm-consumer-15", "storage-consumer"} <= set(parsed)
     for name, config in parsed.items():
         assert config.stopwaitsecs > float(timeout) + 10, name
     api = parse_programs(processes.program("storage-service", "/bin/true", layout))["storage-service"]
