@@ -568,6 +568,15 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def die_with_parent() -> None:
+    """In a child between fork and exec: SIGTERM it when the benchmark dies (Linux prctl), so that
+    a killed benchmark leaves no consumer holding the stack's metrics ports."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def stop_processes(processes: list[subprocess.Popen], grace_s: float) -> None:
     """SIGTERM (an llm_consumer drains, produces and commits), SIGKILL after `grace_s`."""
     for proc in processes:
@@ -608,8 +617,8 @@ def one_call_each(stack: Any) -> Iterator[Consumers]:
     sections = {name: program_section(conf_text, name.split(":", 1)[1]) for name in names}
     logs = [layout.path("logs", f"bench-oneslot-{name.split(':', 1)[1]}.log") for name in names]
     processes: list[subprocess.Popen] = []
-    with sigterm_as_exit():
-        try:
+    try:
+        with sigterm_as_exit():  # and not around the restore below: a second SIGTERM must not skip it
             supervisorctl(layout, "stop", "llm-consumer:*", check=False)  # SIGTERM; waits for them to exit
             for name, log_path in zip(names, logs, strict=True):
                 section = sections[name]
@@ -623,13 +632,14 @@ def one_call_each(stack: Any) -> Iterator[Consumers]:
                             stdout=log_file,
                             stderr=subprocess.STDOUT,
                             start_new_session=True,  # a Ctrl-C reaches this process only; it stops them
+                            preexec_fn=die_with_parent,  # and a SIGKILLed bench leaves none behind
                         )
                     )
             yield Consumers([proc.pid for proc in processes], logs, max_concurrency=1)
-        finally:
-            stop_processes(processes, grace_s=layout.llm_timeout_s + 30)
-            supervisorctl(layout, "start", "llm-consumer:*", check=False)
-            progress("the stack's LLM consumers are running again")
+    finally:
+        stop_processes(processes, grace_s=layout.llm_timeout_s + 30)
+        supervisorctl(layout, "start", "llm-consumer:*", check=False)
+        progress("the stack's LLM consumers are running again")
 
 
 def stack_consumers(stack: Any) -> Consumers:

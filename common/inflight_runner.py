@@ -233,6 +233,8 @@ class InFlightRunner(ConsumerRunner):
             log.warning("calls still in flight after the wait; dropped", extra={"stage": self.stage, "dropped": left})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._is_replaced(consumer):
+            return  # the replaced client's close(): its slots were dropped when it was replaced
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._drain(lambda where: (where[0], where[1]) in gone, self.revoke_wait_s)
         super()._on_revoke(consumer, partitions)

@@ -36,6 +36,8 @@ MAX_TRANSIENT_BACKOFF_S = 30.0
 COMMIT_RETRY_S = 2.0
 # A consumer with no partitions for this long asks the broker whether it is still in its group.
 MEMBERSHIP_CHECK_S = 30.0
+# The probe runs in the poll loop: while the broker is away it holds the loop this long at most.
+MEMBERSHIP_PROBE_TIMEOUT_S = 2.0
 # Java's default partitioner for keyed records: murmur2(key) % partitions. The same here, so a
 # question_id lands on the same partition whether Python or the Flink job's Kafka sink wrote it.
 PARTITIONER = "murmur2_random"
@@ -381,7 +383,7 @@ class ConsumerRunner:
         def probe_members() -> set[str] | None:
             if not admin:
                 admin.append(AdminClient({"bootstrap.servers": bootstrap_servers}))
-            members = group_members(admin[0], group_id)
+            members = group_members(admin[0], group_id, timeout_s=MEMBERSHIP_PROBE_TIMEOUT_S)
             if members is None:  # a client made while the broker was away may never recover either
                 admin.clear()
             return members
@@ -649,9 +651,9 @@ class ConsumerRunner:
         Seen under `make chaos`: after Kafka was frozen past the session timeout, librdkafka timed the
         session out, queued its rejoin and never sent it; the process polled on, a member of nothing,
         while its partitions' questions waited. Sometimes it even kept its assignment while the broker
-        showed the group EMPTY, so the assignment proves nothing: a consumer that heard nothing
-        (no message, no event) for MEMBERSHIP_CHECK_S asks the broker whether it is still a member,
-        and asks again every MEMBERSHIP_CHECK_S while it stays quiet.
+        showed the group EMPTY, so the assignment proves nothing: a consumer that got no message for
+        MEMBERSHIP_CHECK_S asks the broker whether it is still a member, and asks again every
+        MEMBERSHIP_CHECK_S while it stays quiet.
         """
         now = self.clock()
         if now - self._last_heard < MEMBERSHIP_CHECK_S:
@@ -677,7 +679,15 @@ class ConsumerRunner:
         threading.Thread(target=_close_quietly, args=(old,), daemon=True).start()
         self._subscribe()
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _is_replaced(self, consumer: Consumer) -> bool:
+        """A rebalance event of a client already replaced by _rebuild_consumer: its close() revokes
+        what it held, on the closing thread, while the new client may hold the same partitions.
+        What the old client held was forgotten when it was replaced; its events change nothing."""
+        return consumer is not self.consumer
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._is_replaced(consumer):
+            return
         # librdkafka keeps the application's pause flag across a rebalance: a partition held when it
         # was revoked would come back paused with no due time to resume it. Resumed on the next turn
         # of the loop, once the assignment is in place.
@@ -689,12 +699,16 @@ class ConsumerRunner:
             self.consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in self._assigned])
             self._assigned = []  # only once resumed: a failure is retried on the next turn
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._is_replaced(consumer):
+            return
         self._commit_retry_at = 0.0
         self._retry_commits()  # last chance to commit what this consumer finished
         self._forget(partitions)
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._is_replaced(consumer):
+            return
         self._forget(partitions)  # the group moved on: our offsets cannot be committed any more
 
     def _forget(self, partitions: list[TopicPartition]) -> None:

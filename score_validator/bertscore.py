@@ -176,8 +176,8 @@ class BertScoreModel:
                 hidden = self.model(ids, attention_mask=mask)[0]
                 for row, index in enumerate(chunk):
                     own = hidden[row, : len(texts[index])]
-                    # a copy: a cached reference must not keep the whole padded batch alive
-                    vectors = (own / own.norm(dim=-1, keepdim=True)).numpy().copy()
+                    # a new array of its own: a cached reference must not keep the padded batch alive
+                    vectors = (own / own.norm(dim=-1, keepdim=True)).numpy()
                     weights = np.array(token_weights(texts[index], self.ignored_ids), dtype=np.float32)
                     total = weights.sum()
                     out[index] = Embedded(vectors, weights / total if total > 0 else weights)

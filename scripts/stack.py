@@ -56,7 +56,7 @@ from scripts.platform.deploy import deploy_flink_job, flink_job_status
 from scripts.platform.health import (
     consumer_group_summary,
     flink_ready,
-    group_members,
+    group_member_count,
     http_ok,
     kafka_ready,
     ollama_answers,
@@ -128,7 +128,12 @@ def refuse_a_changed_platform(layout: Layout) -> None:
 
 def warn_of_idle_llm_consumers(layout: Layout) -> None:
     """More LLM consumers than partitions of the topic they read: say so (README, "Scaling out")."""
-    warning = idle_llm_consumers_warning(layout.llm_consumers, topic_partitions(layout, topics.QUESTIONS_PENDING))
+    try:
+        partitions = topic_partitions(layout, topics.QUESTIONS_PENDING)
+    except Exception as exc:  # noqa: BLE001 - a warning must never stop `make up`
+        log(f"could not count the partitions of {topics.QUESTIONS_PENDING} ({exc}); idle consumers not checked")
+        return
+    warning = idle_llm_consumers_warning(layout.llm_consumers, partitions)
     if warning:
         log(f"WARNING: {warning}")
 
@@ -240,7 +245,7 @@ def status(layout: Layout) -> None:
 def llm_consumer_group_health(layout: Layout) -> str:
     """How many LLM consumers the broker has in their group, of how many the stack runs."""
     try:
-        members = group_members(layout, topics.GROUP_LLM_CONSUMER)
+        members = group_member_count(layout, topics.GROUP_LLM_CONSUMER)
         partitions = topic_partitions(layout, topics.QUESTIONS_PENDING)
     except Exception as exc:  # noqa: BLE001 - a status line, whatever Kafka's client raised
         return f"UNKNOWN (Kafka unreachable: {exc})"

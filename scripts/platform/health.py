@@ -51,12 +51,16 @@ def topic_partitions(layout: Layout, topic: str) -> int:
     return len(metadata.topics[topic].partitions)
 
 
-def group_members(layout: Layout, group: str) -> int:
+def group_member_count(layout: Layout, group: str) -> int:
     """How many consumers are members of `group` now, as the broker sees it."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": layout.kafka_bootstrap})
-    return len(admin.describe_consumer_groups([group], request_timeout=5)[group].result().members)
+    from common.kafka import group_members
+
+    members = group_members(AdminClient({"bootstrap.servers": layout.kafka_bootstrap}), group)
+    if members is None:
+        raise RuntimeError(f"the broker did not describe group {group}")
+    return len(members)
 
 
 def consumer_group_summary(members: int, consumers: int, partitions: int) -> str:

@@ -63,6 +63,37 @@ def all_terminal(database_url: str, question_ids: list[str]) -> bool:
     return len(known) == len(question_ids) and all(status != "pending" for status, _, _ in known.values())
 
 
+def partitions_of(stack, topic: str) -> int:
+    """How many of the consumers can get work: one partition goes to one consumer of a group."""
+    from confluent_kafka.admin import AdminClient
+
+    return len(
+        AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+        .list_topics(topic, timeout=10)
+        .topics[topic]
+        .partitions
+    )
+
+
+def each_validated_once(stack, fake_llm, label: str, count: int) -> None:
+    """Ask `count` new questions scripted to be answered right; each ends validated, exactly once."""
+    import requests
+
+    asked = {}
+    for n in range(count):
+        question = unique(f"What is the capital of Chile? ({label} {n})")
+        fake_llm.script(question, Answer(GOOD))
+        resp = requests.post(
+            f"{stack.storage_url}/query", json={"question_text": question, "original_answer": REFERENCE}, timeout=30
+        )
+        assert resp.status_code == 202, resp.text
+        asked[resp.json()["question_id"]] = question
+    ids = list(asked)
+    wait_until(lambda: all_terminal(stack.database_url, ids), 240, interval_s=1, what="every question terminal")
+    assert {status for status, _, _ in statuses(stack.database_url, ids).values()} == {"validated"}
+    assert terminal_messages(stack.kafka_bootstrap, set(ids)) == Counter(dict.fromkeys(ids, 1))
+
+
 def terminal_messages(bootstrap: str, question_ids: set[str], timeout_s: float = 60) -> Counter:
     """How many terminal outcomes each question has on the terminal topics (read from the start)."""
     consumer = Consumer(
@@ -107,7 +138,7 @@ def test_many_calls_in_flight_finish_much_faster_than_one_at_a_time(stack, fake_
     # evenly, which 3 partitions over 2 consumers do not): the least the sequential consumers need.
     # Half of it is out of reach without calls in flight; the margin beyond that is for the rest of
     # the pipeline on a 2-core machine (Flink's ~1 s bundles, scoring): measured 12-20 s of 50.
-    sequential_s = count * delay_s / min(len(llm_consumer_pids()), 3)  # 3 partitions: at most 3 get work
+    sequential_s = count * delay_s / min(len(llm_consumer_pids()), partitions_of(stack, topics.QUESTIONS_PENDING))
     assert elapsed < sequential_s / 2, f"{count} questions took {elapsed:.1f}s; one at a time: {sequential_s:.0f}s"
     assert {status for status, _, _ in statuses(stack.database_url, ids).values()} == {"validated"}
     assert [len(fake_llm.calls_for(asked[q])) for q in ids] == [1] * count  # exactly the expected calls

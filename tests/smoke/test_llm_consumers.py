@@ -12,10 +12,9 @@ import os
 import socket
 import subprocess
 import sys
-from collections import Counter
 
 import requests
-from confluent_kafka import ConsumerGroupState
+from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,9 +22,8 @@ from common import topics
 from scripts.platform.layout import Layout
 from scripts.platform.observability import llm_consumer_metrics_ports
 from scripts.platform.processes import supervisorctl
-from tests.conftest import FAKE_LLM_PORT, ROOT, TEST_ENV, stack_endpoints, unique, wait_until
-from tests.e2e.test_llm_concurrency import GOOD, REFERENCE, all_terminal, statuses, terminal_messages
-from tests.fake_ollama import Answer
+from tests.conftest import FAKE_LLM_PORT, ROOT, TEST_ENV, stack_endpoints, wait_until
+from tests.e2e.test_llm_concurrency import each_validated_once
 
 STACK = "consumers-stack"
 CONSUMERS = 3
@@ -61,9 +59,12 @@ def listening(port: int) -> bool:
 def group_assignment(bootstrap: str) -> list[set[int]] | None:
     """The questions-pending partitions of each member of the llm-consumer group (None: not stable yet)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    description = admin.describe_consumer_groups([topics.GROUP_LLM_CONSUMER], request_timeout=5)[
-        topics.GROUP_LLM_CONSUMER
-    ].result()
+    try:
+        description = admin.describe_consumer_groups([topics.GROUP_LLM_CONSUMER], request_timeout=5)[
+            topics.GROUP_LLM_CONSUMER
+        ].result()
+    except KafkaException:  # the coordinator still loading: ask again
+        return None
     if description.state != ConsumerGroupState.STABLE:
         return None
     return [
@@ -116,19 +117,7 @@ def test_three_llm_consumers_each_join_the_group_and_share_the_questions(fake_ll
             what="Prometheus scraping the three LLM consumers",
         )
 
-        asked = {}
-        for n in range(QUESTIONS):
-            question = unique(f"What is the capital of Chile? (three consumers {n})")
-            fake_llm.script(question, Answer(GOOD))
-            resp = requests.post(
-                f"{stack.storage_url}/query", json={"question_text": question, "original_answer": REFERENCE}, timeout=30
-            )
-            assert resp.status_code == 202, resp.text
-            asked[resp.json()["question_id"]] = question
-        ids = list(asked)
-        wait_until(lambda: all_terminal(stack.database_url, ids), 240, interval_s=1, what="every question terminal")
-        assert {status for status, _, _ in statuses(stack.database_url, ids).values()} == {"validated"}
-        assert terminal_messages(stack.kafka_bootstrap, set(ids)) == Counter(dict.fromkeys(ids, 1))
+        each_validated_once(stack, fake_llm, "three consumers", QUESTIONS)
         # Each consumer answered some of them: the work is shared, not merely the membership.
         assert all(llm_successes(port) > 0 for port in ports.values()), {p: llm_successes(p) for p in ports.values()}
     finally:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections import Counter
 
 import requests
 
 from common.flink_rest import job_spread, list_jobs, score_job
 from scripts.platform.layout import Layout
 from scripts.platform.observability import flink_reporter_ports
-from tests.conftest import FAKE_LLM_PORT, ROOT, TEST_ENV, stack_endpoints, unique, wait_until
-from tests.e2e.test_llm_concurrency import GOOD, REFERENCE, all_terminal, statuses, terminal_messages
-from tests.fake_ollama import Answer
+from tests.conftest import FAKE_LLM_PORT, ROOT, TEST_ENV, stack_endpoints, wait_until
+from tests.e2e.test_llm_concurrency import each_validated_once
 
 SCALE_ENV = {
     **TEST_ENV,
@@ -66,21 +64,7 @@ def test_two_taskmanagers_at_parallelism_2_score_every_question_once(fake_llm):
         # Both TaskManagers' reporters are up: 9250 and 9251.
         assert all(listening(port) for port in flink_reporter_ports(2).values())
 
-        asked = {}
-        for n in range(QUESTIONS):
-            question = unique(f"What is the capital of Chile? (scaled {n})")
-            fake_llm.script(question, Answer(GOOD))
-            resp = requests.post(
-                f"{stack.storage_url}/query",
-                json={"question_text": question, "original_answer": REFERENCE},
-                timeout=30,
-            )
-            assert resp.status_code == 202, resp.text
-            asked[resp.json()["question_id"]] = question
-        ids = list(asked)
-        wait_until(lambda: all_terminal(stack.database_url, ids), 240, interval_s=1, what="every question terminal")
-        assert {status for status, _, _ in statuses(stack.database_url, ids).values()} == {"validated"}
-        assert terminal_messages(stack.kafka_bootstrap, set(ids)) == Counter(dict.fromkeys(ids, 1))
+        each_validated_once(stack, fake_llm, "scaled", QUESTIONS)
     finally:
         make("down", env)
     assert not [p for p in flink_reporter_ports(2).values() if listening(p)]

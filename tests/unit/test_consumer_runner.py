@@ -388,6 +388,21 @@ def test_a_quiet_consumer_still_holding_partitions_but_not_in_its_group_is_rebui
     assert len(built) == 1
 
 
+def test_a_replaced_clients_rebalance_events_leave_the_new_clients_state_alone():
+    # The old client's close() (on its own thread) revokes what it held; the new one may hold it now.
+    r, _clock, _built = membership_runner(lambda: set())
+    old = r.consumer
+    r._rebuild_consumer()
+    partition_0 = TopicPartition(topics.QUESTIONS_PENDING, 0)
+    r.consumer.fail_commits = 1  # the new client's commit is owed, to be retried
+    r._commit((topics.QUESTIONS_PENDING, 0, 8))
+    for event in ("revoke", "lost"):
+        old.callbacks[event](old, [partition_0])
+    old.callbacks["assign"](old, [partition_0])
+    assert r.uncommitted == {(topics.QUESTIONS_PENDING, 0): 9} and r._assigned == []
+    wait_until_closed(old)
+
+
 def wait_until_closed(consumer, timeout_s: float = 5.0):
     deadline = time.monotonic() + timeout_s
     while not consumer.closed and time.monotonic() < deadline:

@@ -304,3 +304,23 @@ def test_the_in_flight_gauge_counts_running_calls():
     poll(r, 1)
     assert REGISTRY.get_sample_value("yahoo_consumer_in_flight", {"service": "test-inflight"}) == 0
     r.pool.shutdown()
+
+
+def test_a_replaced_clients_revoke_leaves_the_new_clients_calls_alone():
+    """A rebuild closes the old client on another thread, and close() revokes what it held: the
+    new client may already hold the same partition with calls in flight, which must survive."""
+    gates = Gates()
+    old = FakeConsumer()
+    new = FakeConsumer([msg("q5", 5)])
+    new.stop = None
+    r = make_runner([], gates, consumer=old, consumer_factory=lambda: new)
+    r._subscribe()
+    old_revoke, old_lost = old.callbacks["revoke"], old.callbacks["lost"]
+    r._rebuild_consumer()
+    poll(r, 1)
+    wait_started(gates, 1)
+    old_revoke(old, [TopicPartition(topics.QUESTIONS_PENDING, 0)])
+    old_lost(old, [TopicPartition(topics.QUESTIONS_PENDING, 0)])
+    assert list(r.slots) == [(topics.QUESTIONS_PENDING, 0, 5)]
+    finish(r, "q5", gates=gates)
+    assert answered(r) == ["q5"] and new.commits == [5]
