@@ -464,6 +464,18 @@ def judge_one_slot(
     }
 
 
+def time_to_validated_p50(ended: list[tuple[str, float]], asked: int) -> float | None:
+    """The median, over every question asked, of its POST -> validated time; a question that failed
+    or did not end counts as never validated (None when more than half never were).
+
+    The median over the questions that ended would reward failing: a question refused until its
+    retries run out ends `failed` sooner than one that waits its turn and is answered.
+    """
+    validated = sorted(seconds for status, seconds in ended if status == "validated")
+    median_rank = (asked + 1) // 2  # the median is the rank-th fastest
+    return validated[median_rank - 1] if asked and len(validated) >= median_rank else None
+
+
 def group_settled(stable: bool, client_ids: list[str], pids: list[int]) -> bool:
     """The LLM consumer group is stable with exactly the processes `pids` (an llm_consumer's client
     id ends in its pid): no member of the processes before them left over, none missing."""
@@ -689,7 +701,7 @@ def oneslot_half(pipe: Pipeline, consumers: Consumers, label: str) -> dict[str, 
     if result["cut_short"]:
         pipe.drain(questions, ids)
     ended = post_to_terminal_s(pipe.stack.database_url, ids)
-    latencies = [seconds for _, seconds in ended]
+    to_validated = time_to_validated_p50(ended, len(ids))
     lines = [line for path, offset in marks.items() for line in lines_after(path, offset)]
     call_ms = answered_call_latencies_ms(lines, set(ids))
     result.update(
@@ -700,8 +712,9 @@ def oneslot_half(pipe: Pipeline, consumers: Consumers, label: str) -> dict[str, 
             "llm_refused_503": refused,
             "refused_rate": round(refused_rate(refused, answered), 3),
             "failed": sum(1 for status, _ in ended if status == "failed"),
-            "p50_ms": round(percentile(latencies, 50) * 1000) if latencies else None,
-            "p95_ms": round(percentile(latencies, 95) * 1000) if latencies else None,
+            # judged: the median question's wait for a validated answer (module doc, time_to_validated_p50)
+            "p50_ms": round(to_validated * 1000) if to_validated is not None else None,
+            "p50_ended_ms": round(percentile([t for _, t in ended], 50) * 1000) if ended else None,
             "answered_call_p50_ms": round(percentile(call_ms, 50)) if call_ms else None,
             "answered_call_p95_ms": round(percentile(call_ms, 95)) if call_ms else None,
             "answered_calls_logged": len(call_ms),
@@ -731,7 +744,8 @@ def bench_oneslot(pipe: Pipeline) -> dict[str, Any]:
         "llm_latency_s": ONESLOT_LLM_S,
         "llm_slots": 1,
         "questions": ONESLOT_QUESTIONS,
-        "p50_is": "POST /query -> terminal status (PostgreSQL created_at -> completed_at), every question that ended",
+        "p50_is": "POST /query -> validated (PostgreSQL created_at -> completed_at), median over every question asked,"
+        " a question that failed or did not end counting as never validated",
         "one_at_a_time": one_at_a_time,
         "adaptive": adaptive,
         "verdict": judge_one_slot(adaptive, one_at_a_time),
@@ -827,8 +841,9 @@ def oneslot_rows(oneslot: dict[str, Any] | None) -> list[tuple[str, str, str]]:
     def half(name: str, how: str) -> tuple[str, str, str]:
         h = oneslot[name]
         return (
-            f"{llm}, {how}: 503 rate, POST -> terminal",
-            f"{h['refused_rate']:.1%} of {h['llm_calls']} calls; p50 {h['p50_ms']} ms, p95 {h['p95_ms']} ms",
+            f"{llm}, {how}: 503 rate, POST -> validated (p50 over all asked; failed = never)",
+            f"{h['refused_rate']:.1%} of {h['llm_calls']} calls; p50 {h['p50_ms']} ms "
+            f"(p50 of the questions that ended, failed ones included: {h['p50_ended_ms']} ms)",
             f"{h['validated_per_s']} validated/s ({h['validated']} validated, {h['failed']} failed); "
             f"answered calls p50 {h['answered_call_p50_ms']} ms",
         )

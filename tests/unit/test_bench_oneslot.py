@@ -19,6 +19,7 @@ from benchmarks.e2e import (
     program_environment,
     program_section,
     refused_rate,
+    time_to_validated_p50,
 )
 from scripts.platform.layout import Layout
 from scripts.platform.processes import program
@@ -130,7 +131,7 @@ def test_the_markdown_rows_say_whether_the_target_holds(holds: bool, shown: str)
         return {
             **half(rate, 9000),
             "llm_calls": 200,
-            "p95_ms": 15000,
+            "p50_ended_ms": 8000,
             "validated": 70,
             "failed": 10,
             "answered_call_p50_ms": 252,
@@ -150,3 +151,14 @@ def test_the_markdown_rows_say_whether_the_target_holds(holds: bool, shown: str)
     assert ("40.0%" if holds else "70.0%") + " of 200 calls" in rows[1][1]  # the adaptive half's row
     assert shown in rows[2][2]
     assert oneslot_rows(None) == [] and oneslot_rows({"error": "x"}) == []
+
+
+def test_time_to_validated_counts_a_failed_question_as_never_answered():
+    # 5 asked: the median is the 3rd fastest to be validated.
+    assert time_to_validated_p50([("validated", 3.0), ("validated", 1.0), ("validated", 2.0)], 5) == 3.0
+    # Failing fast must not look faster: 2 of 5 validated leaves the median question unanswered.
+    assert time_to_validated_p50([("failed", 0.5), ("failed", 0.6), ("validated", 1.0), ("validated", 2.0)], 5) is None
+    # Fewer failures, same answers: the median question waited for the slower answers.
+    slow = time_to_validated_p50([("validated", t) for t in (1.0, 2.0, 8.0, 9.0)] + [("failed", 0.5)], 5)
+    assert slow == 8.0
+    assert time_to_validated_p50([], 0) is None
