@@ -60,6 +60,9 @@ OUTPUT_TYPE = Types.ROW_NAMED(["topic", "key", "value"], [Types.STRING(), Types.
 
 log = logging.getLogger("flink_job")
 
+# Below the scorer's gunicorn keep-alive (2 s): the client drops an idle connection first.
+SCORER_KEEPALIVE_S = 1.0
+
 
 class ScoreAndRoute(AsyncFunction):
     """Scores one answer against its reference and decides where the message goes next.
@@ -77,6 +80,7 @@ class ScoreAndRoute(AsyncFunction):
         self.max_strikes = settings.scorer_record_max_failures
         self.max_backoff_s = settings.scorer_max_backoff_s
         self._health: ScorerHealth | None = None
+        self._sessions: dict[object, object] = {}  # event loop -> its aiohttp session (_session)
 
     def open(self, runtime_context) -> None:
         self._health = ScorerHealth(self._probe)
@@ -114,17 +118,32 @@ class ScoreAndRoute(AsyncFunction):
             return dead_letter_output(record, result.reason, message)
         return routed_output(message, result, self.threshold, self.max_attempts)
 
+    def _session(self):
+        """The event loop's keep-alive session to the scorer (made on first use: async_invoke runs on
+        another thread than open(), and a session belongs to its loop). A session per call opened a
+        TCP connection per pair, which cost this worker and the scorer's HTTP server CPU each time.
+        Idle connections are dropped after SCORER_KEEPALIVE_S, before the scorer's gunicorn drops
+        them (2 s): a request sent on a connection the server is closing would fail."""
+        import asyncio
+
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:  # type: ignore[attr-defined]
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
+                connector=aiohttp.TCPConnector(keepalive_timeout=SCORER_KEEPALIVE_S),
+            )
+            self._sessions[loop] = session
+        return session
+
     async def _call(self, payload: dict) -> CallResult:
         """One POST /score; every outcome is a CallResult (a score, or a classified failure)."""
         import aiohttp
 
         try:
-            # A client per call: async_invoke runs on another thread than open().
-            timeout = aiohttp.ClientTimeout(total=self.request_timeout_s)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(self.url, json=payload) as resp,
-            ):
+            async with self._session().post(self.url, json=payload) as resp:
                 body = await resp.text()
                 failure = classify_status(resp.status)
                 if failure is not None:
