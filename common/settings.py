@@ -74,9 +74,9 @@ class StackSettings(EnvSettings):
     # LLM consumer processes natively (llm-consumer-0..N-1, supervisord group `llm-consumer`; compose:
     # `--scale llm-consumer=N`). At most KAFKA_PARTITIONS of them get work; README, "Scaling out".
     llm_consumers: int = Field(default=2, ge=1, le=16)
-    # The CPU priority (nice) of the pipeline's workers natively: the consumers, Flink's TaskManagers
-    # (and their Python workers), the scorer, the embedded LLM and the tools. The API, Kafka,
-    # PostgreSQL, Redis and Flink's JobManager keep 0, so a POST /query is answered first when the
+    # The CPU priority (nice) of the pipeline's workers natively: the LLM and retry consumers, Flink's
+    # TaskManagers (and their Python workers), the scorer, the embedded LLM and the tools. The API and
+    # its consumer, Kafka, PostgreSQL, Redis and Flink's JobManager keep 0, so a POST /query is answered first when the
     # pipeline's work fills every core (scripts/platform/processes.py: cpu_nice). 0: all equal.
     worker_nice: int = Field(default=5, ge=0, le=19)
     # The native Redis's cache size and eviction policy (compose: redis/redis.conf).

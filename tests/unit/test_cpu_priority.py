@@ -20,7 +20,7 @@ def test_the_latency_path_keeps_priority_and_workers_get_worker_nice():
 def test_the_written_config_nices_every_worker_and_nothing_on_the_latency_path(layout_for):  # noqa: F811
     programs = full_config(layout_for(WORKER_NICE="6", TASKMANAGERS="2"))
     niced = {name for name, process in programs.items() if nice_of(process.command) == 6}
-    assert {"llm-consumer-0", "storage-consumer", "score-validator", "flink-taskmanager-2"} <= niced
+    assert {"llm-consumer-0", "retry-overload-consumer", "score-validator", "flink-taskmanager-2"} <= niced
     assert not niced & LATENCY_PATH
     assert set(programs) - niced == {name for name in programs if name in LATENCY_PATH}
 
