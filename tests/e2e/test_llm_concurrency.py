@@ -21,6 +21,8 @@ from confluent_kafka import Consumer
 from common import topics
 from common.messages import PipelineMessage
 from llm_consumer.config import LLMConsumerSettings
+from scripts.platform.health import topic_partitions
+from scripts.platform.layout import Layout
 from tests.conftest import unique, wait_until
 from tests.e2e.test_crash_safety import llm_consumer_pids
 from tests.fake_ollama import Answer
@@ -61,18 +63,6 @@ def statuses(database_url: str, question_ids: list[str]) -> dict[str, tuple]:
 def all_terminal(database_url: str, question_ids: list[str]) -> bool:
     known = statuses(database_url, question_ids)
     return len(known) == len(question_ids) and all(status != "pending" for status, _, _ in known.values())
-
-
-def partitions_of(stack, topic: str) -> int:
-    """How many of the consumers can get work: one partition goes to one consumer of a group."""
-    from confluent_kafka.admin import AdminClient
-
-    return len(
-        AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-        .list_topics(topic, timeout=10)
-        .topics[topic]
-        .partitions
-    )
 
 
 def each_validated_once(stack, fake_llm, label: str, count: int) -> None:
@@ -138,7 +128,11 @@ def test_many_calls_in_flight_finish_much_faster_than_one_at_a_time(stack, fake_
     # evenly, which 3 partitions over 2 consumers do not): the least the sequential consumers need.
     # Half of it is out of reach without calls in flight; the margin beyond that is for the rest of
     # the pipeline on a 2-core machine (Flink's ~1 s bundles, scoring): measured 12-20 s of 50.
-    sequential_s = count * delay_s / min(len(llm_consumer_pids()), partitions_of(stack, topics.QUESTIONS_PENDING))
+    sequential_s = (
+        count
+        * delay_s
+        / min(len(llm_consumer_pids()), topic_partitions(Layout("test-stack", stack.env), topics.QUESTIONS_PENDING))
+    )
     assert elapsed < sequential_s / 2, f"{count} questions took {elapsed:.1f}s; one at a time: {sequential_s:.0f}s"
     assert {status for status, _, _ in statuses(stack.database_url, ids).values()} == {"validated"}
     assert [len(fake_llm.calls_for(asked[q])) for q in ids] == [1] * count  # exactly the expected calls
